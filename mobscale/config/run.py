@@ -1,0 +1,64 @@
+"""The top-level run config, assembled from the section modules."""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+from pydantic import Field, model_validator
+
+from mobscale.config.base import Section
+from mobscale.config.baselines import CSDIModelConfig, DiTModelConfig, GaussianConfig
+from mobscale.config.data import DataConfig
+from mobscale.config.mstdiff import MSTDiffDiffusionConfig, MSTDiffModelConfig
+from mobscale.config.sample import SampleConfig
+from mobscale.config.train import DistributedConfig, TrainConfig
+from mobscale.config.zoomdiff import DRDMConfig, ZoomDiffModelConfig
+
+ModelConfig = Annotated[
+    Union[ZoomDiffModelConfig, CSDIModelConfig, DiTModelConfig, MSTDiffModelConfig],
+    Field(discriminator="kind"),
+]
+
+
+DiffusionConfig = Annotated[
+    Union[DRDMConfig, GaussianConfig, MSTDiffDiffusionConfig],
+    Field(discriminator="kind"),
+]
+
+#: which noise process each model family runs on
+PROCESS_OF_MODEL = {"zoomdiff": "drdm", "csdi": "gaussian", "dit": "gaussian", "mstdiff": "mstdiff"}
+
+
+class RunConfig(Section):
+    """One training run: data -> model + diffusion -> train (-> distributed) -> sample defaults."""
+
+    name: str = Field("run", description="run name (Ray Train resumes by name + storage path)")
+    seed: int = Field(0, description="seed of model init, batches and noise")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ZoomDiffModelConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DRDMConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_process(cls, data):
+        # `model.kind` picks the process when `diffusion.kind` is not given
+        if isinstance(data, dict):
+            kind = (data.get("model") or {}).get("kind", "zoomdiff")
+            diff = data.get("diffusion")
+            if isinstance(diff, dict) and "kind" not in diff and kind in PROCESS_OF_MODEL:
+                data = dict(data)
+                data["diffusion"] = {**diff, "kind": PROCESS_OF_MODEL[kind]}
+            elif diff is None and kind in PROCESS_OF_MODEL:
+                data = dict(data)
+                data["diffusion"] = {"kind": PROCESS_OF_MODEL[kind]}
+        return data
+
+    @model_validator(mode="after")
+    def _compatible(self):
+        want = PROCESS_OF_MODEL[self.model.kind]
+        if self.diffusion.kind != want:
+            raise ValueError(f"model.kind={self.model.kind} runs on diffusion.kind={want}, got {self.diffusion.kind}")
+        return self
