@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--step-minutes", type=int, default=None, help="native time step when the source does not say")
     i.add_argument("--start", default=None, help="first timestamp when the source does not say (ISO)")
     i.add_argument("--bs-coords", default=None, help="movesim/foursquare: base-station coordinates CSV to map points onto")
+    i.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="format-specific option, e.g. negative=shift, column_order=row-major, pad=crop, missing=zero, "
+                        "max_radius_km=100, lat0=..., lon0=..., pixel_size_m=...")
     i.add_argument("--overwrite", action="store_true")
     i.set_defaults(handler="mobscale.data.cli:import_")
 
@@ -129,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--levels", nargs="*", default=None)
     e.add_argument("--resolutions", nargs="*", default=None)
     e.add_argument("--gps", default=None, help="trajectories: location-id -> lat/lon table")
-    e.add_argument("--mode", choices=["clean", "movesim"], default="clean")
+    e.add_argument("--mode", choices=["clean", "movesim", "mstdiff"], default="clean",
+                   help="trajectories: clean|movesim; JSD of traffic/users: clean|movesim = divergence (nats), mstdiff = scipy distance base 2")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     e.add_argument("--train", default=None, help="training data for the privacy audit (distance to closest record)")
     e.add_argument("--no-report", action="store_true")
     e.set_defaults(handler="mobscale.eval.cli:evaluate")

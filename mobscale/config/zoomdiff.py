@@ -89,3 +89,16 @@ class ZoomDiffModelConfig(Section):
     use_spe: bool = True
     use_context: bool = True
     dropout: float = Field(0.0, ge=0, lt=1)
+    trainable: Literal["all", "transfer"] = Field(
+        "all",
+        description="parameters trained: all, or the few-shot transfer subset (context encoders, positional, step "
+        "and stage embeddings, prior fusion, last block and output head; the paper's Table VII protocol)",
+    )
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.width % self.heads:
+            raise ValueError(f"model.width={self.width} must be divisible by model.heads={self.heads}")
+        if self.tpe_dim % 2:
+            raise ValueError(f"model.tpe_dim={self.tpe_dim} must be even (sine and cosine halves)")
+        return self

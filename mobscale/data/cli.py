@@ -37,6 +37,7 @@ def import_(args) -> int:
     from mobscale.data.importers import run_import
 
     options = {k: getattr(args, k) for k in ("grid", "layout", "city", "split", "step_minutes", "start", "bs_coords")}
+    options.update(parse_overrides(args.option))
     out = run_import(args.format, [Path(s) for s in args.sources], Path(args.out), overwrite=args.overwrite, **options)
     print(f"wrote {out}")
     return 0

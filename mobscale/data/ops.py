@@ -20,13 +20,14 @@ def segment_mean(x: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
     B = x.shape[0]
     P2 = units.shape[-1] * units.shape[-2]
     lead = x.shape[1:-2]
-    xf = x.reshape(B, -1, P2)  # (B, M, P2)
+    out_dtype = x.dtype
+    xf = x.reshape(B, -1, P2).float()  # (B, M, P2); accumulate in float32 even for bf16 inputs
     u = units.reshape(B, 1, P2).expand_as(xf)
     n_max = P2
-    sums = torch.zeros(B, xf.shape[1], n_max, dtype=x.dtype, device=x.device).scatter_add_(2, u, xf)
-    cnt = torch.zeros(B, 1, n_max, dtype=x.dtype, device=x.device).scatter_add_(2, units.reshape(B, 1, P2), torch.ones_like(xf[:, :1]))
+    sums = torch.zeros(B, xf.shape[1], n_max, dtype=xf.dtype, device=x.device).scatter_add_(2, u, xf)
+    cnt = torch.zeros(B, 1, n_max, dtype=xf.dtype, device=x.device).scatter_add_(2, units.reshape(B, 1, P2), torch.ones_like(xf[:, :1]))
     mean = sums / cnt.clamp(min=1)
-    return torch.gather(mean, 2, u).reshape(B, *lead, *units.shape[-2:])
+    return torch.gather(mean, 2, u).reshape(B, *lead, *units.shape[-2:]).to(out_dtype)
 
 
 def time_block_mean(x: torch.Tensor, block: int, dim: int = 1) -> torch.Tensor:

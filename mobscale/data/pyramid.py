@@ -139,7 +139,7 @@ def temporal(da: xr.DataArray, resolution: str, native_minutes: int) -> xr.DataA
     if n == 0:
         raise ValueError(f"series of {da.sizes['time']} steps is shorter than one {resolution} block")
     trimmed = da.isel(time=slice(0, n))
-    out = trimmed.coarsen(time=f).sum().astype(np.float32)
+    out = trimmed.astype(np.float64).coarsen(time=f).sum().astype(np.float32)  # accumulate in float64
     out = out.assign_coords(time=trimmed["time"].values[::f])
     out.attrs = dict(da.attrs)
     out.attrs["time_resolution"] = resolution

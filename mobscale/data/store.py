@@ -30,13 +30,14 @@ log = get_logger(__name__)
 
 ZARR_KW = {"zarr_format": 3, "consolidated": False}
 
-#: default chunk sizes per dimension (time chunks of one day of hourly data; 64x64 pixel tiles)
+#: default chunk sizes per dimension: one day of hourly data x 128x128-pixel tiles (6.4 km) of ~1.5 MB. Smaller
+#: tiles (64x64) halve xarray/Dask read throughput (per-chunk overhead dominates; see jobs/bench_store.py).
 DEFAULT_CHUNKS = {
     "time": 24,
-    "y": 64,
-    "x": 64,
-    "y100": 32,
-    "x100": 32,
+    "y": 128,
+    "x": 128,
+    "y100": 64,
+    "x100": 64,
     "cell": 4096,
     "bs": 4096,
     "poi_category": -1,

@@ -269,6 +269,8 @@ def validate_dataset(ds: xr.Dataset, path: Path | str = "<dataset>", chunk: int 
             probs.add(f"time_step_minutes={step} is not one of {sorted(set(schema.TEMPORAL_RESOLUTIONS.values()))}")
     # coordinates
     need = ["bs", "bs_x", "bs_y", "bs_lat", "bs_lon"] if "bs" in ds.dims or present else []
+    if present == ("bs",) and ds.attrs.get("georeferenced") is False:
+        need = ["bs"]  # BS-only store whose source has no coordinates (e.g. STK-Diff)
     if present == tuple(schema.SPATIAL_LEVELS):
         need = list(schema.REQUIRED_COORDS)
     for c in need:
