@@ -46,7 +46,12 @@ class WindowConfig(Section):
     patch: int = Field(16, ge=2, description="patch side in 50 m pixels (even)")
     hours: int = Field(24, ge=1, description="window length in hours of the finest temporal resolution")
     time_stride: int | None = Field(None, description="hours between window starts (default = hours)")
-    test_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="fraction of patches held out (spatial split)")
+    split_by: Literal["patch", "band", "time"] = Field(
+        "patch",
+        description="held-out set: 'patch' = random patches (all times); 'band' = a contiguous band of patch rows "
+        "at the south edge (a held-out district, so whole cells/BS fall inside it); 'time' = the last days (all places)",
+    )
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="fraction of patches (or of days, split_by=time) held out")
     val_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of patches for validation")
     split_seed: int = Field(1234, description="seed of the patch split (independent of the run seed)")
     transform: Literal["log1p", "linear"] = Field(

@@ -314,7 +314,14 @@ def validate_store(path: str | Path, display_path: str | Path | None = None) -> 
     path = Path(path)
     shown = Path(display_path) if display_path else path
     ds = open_city(path)
-    probs = validate_dataset(ds, shown)
+    if "sample" in ds.dims:  # generated stores with several realisations: each must be a valid city
+        probs = []
+        for s in range(ds.sizes["sample"]):
+            probs += [f"sample={s}: {p}" for p in validate_dataset(ds.isel(sample=s), shown)]
+            if probs:
+                break
+    else:
+        probs = validate_dataset(ds, shown)
     if has_group(path, schema.USERS_GROUP) and not [p for p in probs if p.startswith("missing coordinate 'bs")]:
         users_probs = _Problems()
         _check_users(path, ds, users_probs, chunk=512)

@@ -89,12 +89,14 @@ def local_units(ids: np.ndarray) -> np.ndarray:
 class CityArrays:
     """In-memory/lazy access to the hourly levels and context of one city store."""
 
-    def __init__(self, path: str | Path, cache_bytes: int = 1 << 30):
+    def __init__(self, path: str | Path, cache_bytes: int = 1 << 30, require_traffic: bool = True):
         self.path = Path(path)
         ds = open_city(self.path)
-        missing = [v for v in ("traffic_grid50", "pixel_cell") if v not in ds]
+        need = ("traffic_grid50", "pixel_cell") if require_traffic else ("pixel_cell", "cell_bs")
+        missing = [v for v in need if v not in ds and v not in ds.coords]
         if missing:
-            raise StoreError(f"{self.path}: needs {missing} for training windows (a grid store)")
+            raise StoreError(f"{self.path}: needs {list(missing)} for {'training' if require_traffic else 'context'} windows (a grid store)")
+        self.has_traffic = "traffic_grid50" in ds
         self.ds = ds
         self.native = pyramid.time_step_minutes(ds)
         if 60 % self.native:
@@ -107,8 +109,7 @@ class CityArrays:
         self.pixel_bs = self.cell_bs[self.pixel_cell]
         self.cell_count = np.bincount(self.pixel_cell.ravel(), minlength=ds.sizes["cell"]).astype(np.float32)
         self.bs_count = np.bincount(self.pixel_bs.ravel(), minlength=ds.sizes["bs"]).astype(np.float32)
-        self.cell = self._hourly(np.asarray(ds["traffic_cell"].values))  # (T, C)
-        self.bs = self._hourly(np.asarray(ds["traffic_bs"].values))
+        self._tables: dict[str, np.ndarray | None] = {}  # unit-level traffic (T, n), read on first use
         times = ds["time"].values[:: self.f][: self.T]
         t = np.asarray(times, dtype="datetime64[h]")
         dow = ((t.astype("datetime64[D]").astype(np.int64) + 3) % 7)  # 1970-01-01 was a Thursday -> Monday = 0
@@ -124,11 +125,25 @@ class CityArrays:
         nbytes = self.T * self.f * self.H * self.W * 4
         self.cached = nbytes <= cache_bytes
         if self.cached:
-            self.g50 = self._hourly(np.asarray(ds["traffic_grid50"].values))
+            self.g50 = self._hourly(np.asarray(ds["traffic_grid50"].values)) if self.has_traffic else None
             self.pop = np.asarray(ds["population"].values).astype(np.float32) if self.pop_by else None
         else:
             self.g50 = None
             self.pop = None
+
+    def _table(self, lvl: str) -> np.ndarray | None:
+        if lvl not in self._tables:
+            var = f"traffic_{lvl}"
+            self._tables[lvl] = self._hourly(np.asarray(self.ds[var].values)) if var in self.ds else None
+        return self._tables[lvl]
+
+    @property
+    def cell(self) -> np.ndarray | None:
+        return self._table("cell")
+
+    @property
+    def bs(self) -> np.ndarray | None:
+        return self._table("bs")
 
     def _hourly(self, a: np.ndarray) -> np.ndarray:
         """Native steps -> hours (sum), trimming a trailing partial hour."""
@@ -137,6 +152,44 @@ class CityArrays:
             return a
         n = (a.shape[0] // self.f) * self.f
         return a[:n].reshape(n // self.f, self.f, *a.shape[1:]).sum(1, dtype=np.float64).astype(np.float32)
+
+    def level_density(self, lvl: str, w: Window, L: int, P: int, g50: np.ndarray | None = None) -> np.ndarray:
+        """(L, P, P) hourly density of spatial level ``lvl`` over window ``w`` (whole-unit densities)."""
+        ys, xs = slice(w.y0, w.y0 + P), slice(w.x0, w.x0 + P)
+        if lvl in ("grid50", "grid100"):
+            if g50 is None:
+                if not self.has_traffic:
+                    raise StoreError(f"{self.path}: has no traffic_grid50 for level {lvl}")
+                g50 = self.grid50(w.t0, L, w.y0, w.x0, P)
+            if lvl == "grid50":
+                return g50
+            blk = pyramid.block_sum(g50) / 4.0
+            return np.repeat(np.repeat(blk, 2, axis=1), 2, axis=2)
+        table, ids, count = (self.cell, self.pixel_cell[ys, xs], self.cell_count) if lvl == "cell" else (self.bs, self.pixel_bs[ys, xs], self.bs_count)
+        if table is None:
+            raise StoreError(f"{self.path}: has no traffic_{lvl}")
+        return table[w.t0 : w.t0 + L][:, ids] / count[ids]
+
+    def units(self, w: Window, P: int) -> np.ndarray:
+        """(4, P, P) local unit ids of the window's pixels per level (LEVEL_ORDER)."""
+        ys, xs = slice(w.y0, w.y0 + P), slice(w.x0, w.x0 + P)
+        yy, xx = np.meshgrid(np.arange(P) // 2, np.arange(P) // 2, indexing="ij")
+        maps = {
+            "bs": self.pixel_bs[ys, xs],
+            "cell": self.pixel_cell[ys, xs],
+            "grid100": yy * P + xx,
+            "grid50": np.arange(P * P).reshape(P, P),
+        }
+        return np.stack([local_units(maps[l]) for l in LEVEL_ORDER])
+
+    def context(self, w: Window, L: int, P: int) -> dict:
+        ys, xs = slice(w.y0, w.y0 + P), slice(w.x0, w.x0 + P)
+        return {
+            "aoi": torch.from_numpy(self.aoi[ys, xs].copy()),
+            "house_road": torch.from_numpy(self.house_road[ys, xs].copy()),
+            "poi": torch.from_numpy(self.poi[:, ys, xs].copy()),
+            "population": torch.from_numpy(np.ascontiguousarray(self.population(w.t0, L, w.y0, w.x0, P))),
+        }
 
     def grid50(self, t0: int, L: int, y0: int, x0: int, P: int) -> np.ndarray:
         if self.cached:
@@ -189,7 +242,14 @@ class CityWindows(torch.utils.data.Dataset):
     def _patches(self, split: str) -> list[tuple[int, int]]:
         a, P = self.arr, self.P
         grid = [(y, x) for y in range(0, a.H - P + 1, P) for x in range(0, a.W - P + 1, P)]
-        order = np.random.default_rng(self.cfg.split_seed).permutation(len(grid))
+        if self.cfg.split_by == "time":  # every place in every split; the split is along time
+            if split not in ("train", "val", "test", "all"):
+                raise ConfigError(f"unknown split '{split}' (train, val, test, all)")
+            return grid
+        if self.cfg.split_by == "band":  # rows of patches from the south edge: test, then val, then train
+            order = np.arange(len(grid))
+        else:
+            order = np.random.default_rng(self.cfg.split_seed).permutation(len(grid))
         n_test = int(round(self.cfg.test_fraction * len(grid)))
         n_val = int(round(self.cfg.val_fraction * len(grid)))
         if self.cfg.test_fraction > 0 and n_test == 0:
@@ -204,12 +264,29 @@ class CityWindows(torch.utils.data.Dataset):
             raise ConfigError(f"unknown split '{split}' (train, val, test, all)")
         return [grid[i] for i in sorted(parts[split])]
 
+    def time_ranges(self) -> dict[str, tuple[int, int]]:
+        """Hour ranges of each split: the whole period, except for split_by=time (train | val | test in order,
+        cut at whole days)."""
+        T = self.arr.T
+        if self.cfg.split_by != "time":
+            return {k: (0, T) for k in ("train", "val", "test", "all")}
+        days = T // 24
+        n_test = max(1, int(round(self.cfg.test_fraction * days))) if self.cfg.test_fraction > 0 else 0
+        n_val = int(round(self.cfg.val_fraction * days))
+        a, b = (days - n_test - n_val) * 24, (days - n_test) * 24
+        return {"train": (0, a), "val": (a, b), "test": (b, T), "all": (0, T)}
+
     def _split_windows(self, split: str) -> list[Window]:
         stride = self.cfg.time_stride or self.L
         if stride % self.block:
             raise ConfigError(f"data.windows.time_stride={stride} must be a multiple of {self.block} h")
-        starts = range(0, self.arr.T - self.L + 1, stride)
+        lo, hi = self.time_ranges()[split] if split in ("train", "val", "test", "all") else (0, 0)
+        starts = range(lo, hi - self.L + 1, stride)
         return [Window(t, y, x) for (y, x) in self._patches(split) for t in starts]
+
+    def test_region(self) -> dict:
+        """Where the test split lies: {"patches": [(y0, x0), ...], "hours": (t0, t1), "patch": P} (for evaluation)."""
+        return {"patches": self._patches("test"), "hours": self.time_ranges()["test"], "patch": self.P}
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -219,32 +296,11 @@ class CityWindows(torch.utils.data.Dataset):
         return {"patch": self.P, "hours": self.L, "n_poi": int(a.poi.shape[0]), "n_aoi": int(a.n_aoi),
                 "n_house_road": int(a.n_house_road), "stages": self.stages}
 
-    def level_density(self, lvl: str, w: Window, g50: np.ndarray) -> np.ndarray:
-        """(L, P, P) hourly density of spatial level ``lvl`` over window ``w``."""
-        a, P, L = self.arr, self.P, self.L
-        ys, xs = slice(w.y0, w.y0 + P), slice(w.x0, w.x0 + P)
-        if lvl == "grid50":
-            return g50
-        if lvl == "grid100":
-            blk = pyramid.block_sum(g50) / 4.0
-            return np.repeat(np.repeat(blk, 2, axis=1), 2, axis=2)
-        if lvl == "cell":
-            ids = a.pixel_cell[ys, xs]
-            return a.cell[w.t0 : w.t0 + L][:, ids] / a.cell_count[ids]
-        ids = a.pixel_bs[ys, xs]
-        return a.bs[w.t0 : w.t0 + L][:, ids] / a.bs_count[ids]
+    def level_density(self, lvl: str, w: Window, g50: np.ndarray | None = None) -> np.ndarray:
+        return self.arr.level_density(lvl, w, self.L, self.P, g50)
 
     def units(self, w: Window) -> np.ndarray:
-        a, P = self.arr, self.P
-        ys, xs = slice(w.y0, w.y0 + P), slice(w.x0, w.x0 + P)
-        yy, xx = np.meshgrid(np.arange(P) // 2, np.arange(P) // 2, indexing="ij")
-        maps = {
-            "bs": a.pixel_bs[ys, xs],
-            "cell": a.pixel_cell[ys, xs],
-            "grid100": yy * P + xx,
-            "grid50": np.arange(P * P).reshape(P, P),
-        }
-        return np.stack([local_units(maps[l]) for l in LEVEL_ORDER])
+        return self.arr.units(w, self.P)
 
     def __getitem__(self, i: int) -> dict:
         w = self.windows[i]
@@ -260,15 +316,9 @@ class CityWindows(torch.utils.data.Dataset):
             if b > 1:
                 d = np.repeat(d.reshape(L // b, b, P, P).mean(1), b, axis=0)
             targets.append(d)
-        ys, xs = slice(w.y0, w.y0 + P), slice(w.x0, w.x0 + P)
         return {
             "targets": torch.from_numpy(np.stack(targets).astype(np.float32)),
-            "context": {
-                "aoi": torch.from_numpy(a.aoi[ys, xs].copy()),
-                "house_road": torch.from_numpy(a.house_road[ys, xs].copy()),
-                "poi": torch.from_numpy(a.poi[:, ys, xs].copy()),
-                "population": torch.from_numpy(np.ascontiguousarray(a.population(w.t0, L, w.y0, w.x0, P))),
-            },
+            "context": a.context(w, L, P),
             "units": torch.from_numpy(self.units(w)),
             "hour": torch.from_numpy(a.hour_of_week[w.t0 : w.t0 + L].copy()),
             "origin": torch.tensor([w.t0, w.y0, w.x0], dtype=torch.int64),
@@ -282,3 +332,41 @@ def fit_normaliser(ds: CityWindows, transform: str = "log1p", max_windows: int =
     a = ds.arr
     vals = [a.grid50(ds.windows[i].t0, ds.L, ds.windows[i].y0, ds.windows[i].x0, ds.P) for i in idx]
     return Normaliser.fit(np.concatenate([v.ravel() for v in vals]), transform)
+
+
+class ContextWindows(torch.utils.data.Dataset):
+    """Windows at given origins with only what generation needs (context, units, hour, origin); the store may
+    hold no traffic (zero-shot generation for a new city from its context). With ``coarse=(level, res)`` an
+    item also carries "coarse": (L, P, P) the hourly density of that level at that resolution, read from the
+    store's ``traffic_<level>`` (for refinement)."""
+
+    def __init__(self, store: str | Path | CityArrays, windows: list, patch: int, hours: int,
+                 coarse: tuple[str, str] | None = None, cache_bytes: int = 1 << 30):
+        self.arr = store if isinstance(store, CityArrays) else CityArrays(store, cache_bytes=cache_bytes, require_traffic=False)
+        self.windows = [Window(int(w.t0), int(w.y0), int(w.x0)) for w in windows]
+        self.P, self.L = int(patch), int(hours)
+        self.coarse = coarse
+        a = self.arr
+        for w in self.windows:
+            if w.t0 < 0 or w.t0 + self.L > a.T or w.y0 < 0 or w.y0 + self.P > a.H or w.x0 < 0 or w.x0 + self.P > a.W:
+                raise ConfigError(f"window {w} ({self.L} h x {self.P}x{self.P}) outside the store ({a.T} h x {a.H}x{a.W})")
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> dict:
+        w, a = self.windows[i], self.arr
+        item = {
+            "context": a.context(w, self.L, self.P),
+            "units": torch.from_numpy(a.units(w, self.P)),
+            "hour": torch.from_numpy(a.hour_of_week[w.t0 : w.t0 + self.L].copy()),
+            "origin": torch.tensor([w.t0, w.y0, w.x0], dtype=torch.int64),
+        }
+        if self.coarse is not None:
+            lvl, res = self.coarse
+            d = a.level_density(lvl, w, self.L, self.P)
+            b = HOURS[res]
+            if b > 1:
+                d = np.repeat(d.reshape(self.L // b, b, self.P, self.P).mean(1), b, axis=0)
+            item["coarse"] = torch.from_numpy(np.ascontiguousarray(d, dtype=np.float32))
+        return item

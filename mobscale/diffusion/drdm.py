@@ -401,7 +401,7 @@ class DRDM:
         cond: Any,
         shape: tuple[int, int, int, int],
         *,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         units: torch.Tensor | None = None,
         normaliser: Transform | None = None,
         project: bool | None = None,
@@ -421,7 +421,8 @@ class DRDM:
         Refinement: ``start_stage`` = k and ``coarse`` (B, L, P, P) the normalised density at stage k's
         level; stage k's endpoint is taken to be ``coarse`` and only the finer stages are generated.
         device: where the noise is drawn (default: that of ``coarse``, else ``units``, else CPU); the
-        generator must live there too.
+        generator must live there too. ``generator`` may be a list of B generators (one noise stream per
+        sample), which makes each sample independent of its batch companions.
         """
         cfg, plan = self.cfg, self.plan
         project = cfg.project_stages if project is None else project
@@ -442,6 +443,10 @@ class DRDM:
         ddim = steps_per_stage is not None
 
         def randn() -> torch.Tensor:
+            if isinstance(generator, (list, tuple)):  # one stream per sample: a window's result does not
+                if len(generator) != B:  # depend on which other windows share its batch
+                    raise ValueError(f"sample: {len(generator)} generators for a batch of {B}")
+                return torch.stack([torch.randn(shape[1:], generator=g, device=dev, dtype=torch.float32) for g in generator])
             return torch.randn(shape, generator=generator, device=dev, dtype=torch.float32)
 
         endpoints: dict[int, torch.Tensor] = {}

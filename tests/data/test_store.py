@@ -180,3 +180,18 @@ def test_segment_mean_matches_numpy():
             m = units[b] == u
             want = x[b][:, m].mean(-1)
             torch.testing.assert_close(out[b][:, m], want[:, None].expand(-1, int(m.sum())))
+
+
+@pytest.mark.parametrize("split_by", ["patch", "band", "time"])
+def test_split_modes_are_disjoint(tiny_store, split_by):
+    wc = WindowConfig(patch=8, hours=24, test_fraction=0.5, split_by=split_by)
+    tr = CityWindows(tiny_store, wc, "train", [("grid50", "1h")])
+    te = CityWindows(tiny_store, wc, "test", [("grid50", "1h")])
+    assert set(tr.windows).isdisjoint(te.windows)
+    if split_by == "time":
+        assert max(w.t0 for w in tr.windows) < min(w.t0 for w in te.windows)
+        assert {(w.y0, w.x0) for w in tr.windows} == {(w.y0, w.x0) for w in te.windows}
+    else:
+        assert {(w.y0, w.x0) for w in tr.windows}.isdisjoint({(w.y0, w.x0) for w in te.windows})
+    if split_by == "band":  # the south rows of patches
+        assert {w.y0 for w in te.windows} == {0}
