@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--engine", choices=["auto", "local", "ray"], default="auto",
                    help="local = one process without Ray; ray = Ray Train (+DeepSpeed); auto = ray when workers > 1")
     t.add_argument("--init-from", default=None, help="start from an exported model (few-shot transfer fine-tuning)")
+    t.add_argument("--task", default=None, metavar="MODULE:CLASS", help="Task class overriding the model.kind registry (plug-ins, tests)")
     t.add_argument("--wait", action="store_true", help="with --nodes: wait for the SLURM job and print its result")
     t.set_defaults(handler="mobscale.train.cli:train")
 

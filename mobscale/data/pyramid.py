@@ -226,3 +226,30 @@ def consistency_errors(ds: xr.Dataset) -> dict[str, float]:
         scale = float(abs(stored).max().compute())
         out[name] = diff / scale if scale > 0 else diff
     return out
+
+
+def region_subset(ds: xr.Dataset, y: slice, x: slice) -> xr.Dataset:
+    """The part of a city inside pixel rows ``y`` and columns ``x`` (even bounds): grid levels are sliced;
+    cells and BS are kept when *all* their pixels lie inside the region (so every kept unit is complete and
+    still equals the sum of its children there). Used to evaluate a held-out district."""
+    if any(v % 2 for v in (y.start or 0, y.stop or ds.sizes["y"], x.start or 0, x.stop or ds.sizes["x"])):
+        raise ValueError("region bounds must be even (grid100 = 2x2 blocks)")
+    pc = np.asarray(ds["pixel_cell"].values)
+    inside = np.zeros(pc.shape, bool)
+    inside[y, x] = True
+    C = ds.sizes["cell"]
+    cells_all = np.bincount(pc.ravel(), minlength=C)
+    cells_in = np.bincount(pc[inside], minlength=C)
+    keep_cell = np.nonzero((cells_in == cells_all) & (cells_all > 0))[0]
+    cb = np.asarray(ds["cell_bs"].values)
+    B = ds.sizes["bs"]
+    full_cells = np.zeros(C, bool)
+    full_cells[keep_cell] = True
+    bs_cells_all = np.bincount(cb, minlength=B)
+    bs_cells_in = np.bincount(cb[full_cells], minlength=B)
+    keep_bs = np.nonzero((bs_cells_in == bs_cells_all) & (bs_cells_all > 0))[0]
+    y100 = slice((y.start or 0) // 2, (y.stop or ds.sizes["y"]) // 2)
+    x100 = slice((x.start or 0) // 2, (x.stop or ds.sizes["x"]) // 2)
+    out = ds.isel(y=y, x=x, y100=y100, x100=x100, cell=keep_cell, bs=keep_bs)
+    out.attrs = dict(ds.attrs, region=f"y={y.start}:{y.stop}, x={x.start}:{x.stop}")
+    return out
