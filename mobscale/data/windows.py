@@ -48,10 +48,13 @@ class Normaliser:
     stays constant after the transform and projection commutes with it.
     """
 
-    def __init__(self, transform: str = "log1p", scale: float = 1.0, mean: float = 0.0, std: float = 1.0):
+    def __init__(self, transform: str = "log1p", scale: float = 1.0, mean: float = 0.0, std: float = 1.0, z_max: float | None = None):
         if transform not in ("log1p", "linear"):
             raise ValueError(f"unknown transform {transform}")
         self.transform, self.scale, self.mean, self.std = transform, float(scale), float(mean), float(std)
+        # generated values above the training maximum (+1 std) are clipped on the way back to traffic: a
+        # diffusion sample's tail in log space would otherwise explode through expm1
+        self.z_max = None if z_max is None else float(z_max)
 
     @classmethod
     def fit(cls, samples: np.ndarray, transform: str = "log1p") -> "Normaliser":
@@ -61,23 +64,27 @@ class Normaliser:
         pos = s[s > 0]
         scale = float(np.median(pos)) if pos.size else 1.0
         v = np.log1p(s / scale) if transform == "log1p" else s / scale
-        return cls(transform, scale, float(v.mean()), float(v.std() + 1e-8))
+        mean, std = float(v.mean()), float(v.std() + 1e-8)
+        return cls(transform, scale, mean, std, z_max=float((v.max() - mean) / std) + 1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         v = torch.log1p(x.clamp(min=0) / self.scale) if self.transform == "log1p" else x / self.scale
         return (v - self.mean) / self.std
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        if self.z_max is not None:
+            z = z.clamp(max=self.z_max)
         v = z * self.std + self.mean
         x = torch.expm1(v) * self.scale if self.transform == "log1p" else v * self.scale
         return x.clamp(min=0) if self.transform == "log1p" else x
 
     def state_dict(self) -> dict:
-        return {"transform": self.transform, "scale": self.scale, "mean": self.mean, "std": self.std}
+        return {"transform": self.transform, "scale": self.scale, "mean": self.mean, "std": self.std, "z_max": self.z_max}
 
     @classmethod
     def from_state(cls, d: dict) -> "Normaliser":
-        return cls(str(d["transform"]), float(d["scale"]), float(d["mean"]), float(d["std"]))
+        zm = d.get("z_max")
+        return cls(str(d["transform"]), float(d["scale"]), float(d["mean"]), float(d["std"]), None if zm is None else float(zm))
 
 
 def local_units(ids: np.ndarray) -> np.ndarray:

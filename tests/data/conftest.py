@@ -7,7 +7,7 @@ import pytest
 from mobscale.config.data import SynthConfig
 from mobscale.data.synthetic import synth_city
 
-TINY = dict(city="tiny", seed=3, height=16, width=16, days=2, pixels_per_bs=12, users=6, user_days=2, time_chunk=12)
+from tiny_city import TINY
 
 
 @pytest.fixture(scope="session")

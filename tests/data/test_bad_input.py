@@ -17,7 +17,7 @@ from mobscale.data.store import ZARR_KW, open_city
 from mobscale.data.validate import validate_store
 from mobscale.errors import OutputExistsError, StoreError
 
-from conftest import TINY
+from tiny_city import TINY
 
 
 def _rewrite(src, dst, mutate):

@@ -17,7 +17,7 @@ from mobscale.data.synthetic import synth_city
 from mobscale.data.validate import validate_store
 from mobscale.data.windows import HOURS, LEVEL_ORDER, CityWindows, Normaliser, fit_normaliser
 
-from conftest import TINY
+from tiny_city import TINY
 
 
 def test_schema_dims_coords_attrs(tiny_store):
