@@ -7,7 +7,14 @@ from typing import Annotated, Union
 from pydantic import Field, model_validator
 
 from mobscale.config.base import Section
-from mobscale.config.baselines import CSDIModelConfig, DiTModelConfig, GaussianConfig
+from mobscale.config.baselines import (
+    ContextProfileModelConfig,
+    CSDIModelConfig,
+    DiTModelConfig,
+    GaussianConfig,
+    HistoricalModelConfig,
+    NoProcessConfig,
+)
 from mobscale.config.data import DataConfig
 from mobscale.config.mstdiff import MSTDiffDiffusionConfig, MSTDiffModelConfig
 from mobscale.config.sample import SampleConfig
@@ -15,18 +22,26 @@ from mobscale.config.train import DistributedConfig, TrainConfig
 from mobscale.config.zoomdiff import DRDMConfig, ZoomDiffModelConfig
 
 ModelConfig = Annotated[
-    Union[ZoomDiffModelConfig, CSDIModelConfig, DiTModelConfig, MSTDiffModelConfig],
+    Union[ZoomDiffModelConfig, CSDIModelConfig, DiTModelConfig, MSTDiffModelConfig, HistoricalModelConfig, ContextProfileModelConfig],
     Field(discriminator="kind"),
 ]
 
 
 DiffusionConfig = Annotated[
-    Union[DRDMConfig, GaussianConfig, MSTDiffDiffusionConfig],
+    Union[DRDMConfig, GaussianConfig, MSTDiffDiffusionConfig, NoProcessConfig],
     Field(discriminator="kind"),
 ]
 
 #: which noise process each model family runs on
-PROCESS_OF_MODEL = {"zoomdiff": "drdm", "csdi": "gaussian", "dit": "gaussian", "mstdiff": "mstdiff"}
+PROCESS_OF_MODEL = {
+    "zoomdiff": "drdm",
+    "csdi": "gaussian",
+    "dit": "gaussian",
+    "mstdiff": "mstdiff",
+    # the statistical references are fitted, not diffused
+    "historical": "none",
+    "context_profile": "none",
+}
 
 
 class RunConfig(Section):
@@ -61,4 +76,16 @@ class RunConfig(Section):
         want = PROCESS_OF_MODEL[self.model.kind]
         if self.diffusion.kind != want:
             raise ValueError(f"model.kind={self.model.kind} runs on diffusion.kind={want}, got {self.diffusion.kind}")
+        split_by = self.data.windows.split_by
+        # a per-place statistic of the training period says nothing about places never seen in training
+        if self.model.kind == "historical" and split_by != "time":
+            raise ValueError(
+                f"model.kind=historical needs the test places in training: data.windows.split_by=time (got '{split_by}'); "
+                "use model.kind=context_profile for unseen places"
+            )
+        if getattr(self.model, "refine", None) == "mean_share" and split_by != "time":
+            raise ValueError(
+                f"model.refine=mean_share needs every pixel's training history: data.windows.split_by=time (got '{split_by}'); "
+                "use model.refine=population or uniform"
+            )
         return self

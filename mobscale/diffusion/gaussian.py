@@ -1,9 +1,13 @@
-"""Gaussian DDPM/DDIM schedule math (no networks here).
+"""Gaussian DDPM/DDIM schedule math, and the plain single-resolution process of the baselines (no networks here).
 
 The surface follows diffusers' schedulers: ``add_noise`` (forward marginal), ``step`` (one ancestral reverse
 step from an epsilon estimate), ``ddim_step`` (deterministic/eta-controlled jump between two steps), and
 ``timesteps(n)`` (the subsequence a fast sampler visits). Indices are 0-based: step t in [0, T) has
 abar[t] = prod_{i<=t} (1 - beta_i); t = 0 is the least noisy step, t = T-1 the noisiest.
+
+:class:`GaussianDiffusion` (CSDI- and DiT-style baselines) wraps one schedule with DDPM's simple training loss
+and two samplers (ancestral, DDIM), drawing noise per item from a list of generators when given one. DRDM
+(mobscale.diffusion.drdm) builds its staged chains from :class:`GaussianSchedule` directly.
 """
 
 from __future__ import annotations
@@ -74,6 +78,11 @@ class GaussianSchedule:
         a = self._at(self.abar, t, xt)
         return (xt - (1 - a).sqrt() * eps) / a.sqrt()
 
+    def posterior_mean(self, xt: torch.Tensor, x0: torch.Tensor, t: int) -> torch.Tensor:
+        """Mean of q(x_{t-1} | x_t, x0) (DDPM eq. 7); equals :meth:`step`'s mean when x0 = predict_x0(xt, eps, t)."""
+        ab_t, ab_p, b_t = float(self.abar[t]), float(self.abar_prev[t]), float(self.betas[t])
+        return (math.sqrt(ab_p) * b_t / (1 - ab_t)) * x0 + (math.sqrt(float(self.alphas[t])) * (1 - ab_p) / (1 - ab_t)) * xt
+
     def step(self, xt: torch.Tensor, eps: torch.Tensor, t: int, noise: torch.Tensor | None) -> torch.Tensor:
         """One ancestral DDPM step x_t -> x_{t-1} (DDPM eq. 11 / ZoomDiff eq. 5); at t = 0 no noise is added."""
         a_t = float(self.alphas[t])
@@ -103,3 +112,99 @@ class GaussianSchedule:
             raise ValueError("need at least one sampling step")
         idx = torch.linspace(0, self.T - 1, n).round().long().unique().tolist()
         return sorted(idx, reverse=True)
+
+
+# ------------------------------------------------------------------------------------------ the process
+
+
+def randn_per_item(shape: tuple[int, ...], generator: torch.Generator | list[torch.Generator] | None,
+                   device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """N(0, I) of ``shape`` (B, ...). ``generator`` may be a list of B generators: item b's noise then comes
+    from generator b alone, so a window's result does not depend on which windows share its batch."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        return torch.stack([torch.randn(shape[1:], generator=g, device=device, dtype=dtype) for g in generator])
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
+class GaussianDiffusion:
+    """Plain DDPM on one resolution (the CSDI- and DiT-style baselines): training loss and samplers.
+
+    The network is any callable ``denoiser(x_t, t, cond) -> eps`` with x_t: (B, ...) float32, t: (B,) int64
+    step indices in [0, T) and cond passed through unchanged; it returns the noise estimate shaped like x_t.
+    All randomness comes from the explicit generators, so a fixed seed is bit-reproducible on CPU.
+    """
+
+    def __init__(self, cfg):
+        """cfg: mobscale.config.baselines.GaussianConfig (kind, steps, beta_schedule, beta_start, beta_end, clip_x0)."""
+        if cfg.beta_end <= cfg.beta_start and cfg.beta_schedule != "cosine":
+            raise ValueError(f"diffusion.beta_end={cfg.beta_end} must exceed beta_start={cfg.beta_start}")
+        self.cfg = cfg
+        self.schedule = GaussianSchedule.make(cfg.beta_schedule, cfg.steps, cfg.beta_start, cfg.beta_end)
+
+    @property
+    def T(self) -> int:
+        return self.schedule.T
+
+    def training_loss(self, denoiser, x0: torch.Tensor, cond, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """DDPM's simple loss on one batch: t ~ U[0, T), eps ~ N(0, I), mean || eps_theta(x_t, t) - eps ||^2.
+
+        x0: (B, ...) normalised clean data. Returns (loss, {"loss": float}).
+        """
+        B = x0.shape[0]
+        t = torch.randint(0, self.T, (B,), generator=generator, device=x0.device)
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        est = denoiser(self.schedule.add_noise(x0, eps, t), t, cond)
+        if est.shape != x0.shape:
+            raise ValueError(f"denoiser returned shape {tuple(est.shape)} for input {tuple(x0.shape)}")
+        loss = (est - eps).pow(2).mean()
+        return loss, {"loss": float(loss.detach())}
+
+    @torch.no_grad()
+    def sample(self, denoiser, cond, shape: tuple[int, ...], *, generator: torch.Generator | list[torch.Generator] | None = None,
+               steps: int | None = None, eta: float = 0.0, device: torch.device | str | None = None, progress: bool = False,
+               x0_range: tuple[float, float] | None = None) -> torch.Tensor:
+        """Draw x0 of ``shape`` (B, ...) in the normalised space.
+
+        steps: None = every step, ancestral (DDPM); n = DDIM over n evenly spaced steps (eta = 0 deterministic,
+        eta = 1 ancestral-like variance). generator: one generator, or a list of B (one noise stream per item).
+        With ``cfg.clip_x0`` every step's clean estimate is clamped, to [-c, c] for a number c or to ``x0_range``
+        (lo, hi) for "data", and the step is taken from it (ancestral: the posterior mean of the clamped estimate;
+        DDIM: the noise implied by it).
+        """
+        from tqdm.auto import tqdm
+
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        sched = self.schedule
+        ts = sched.timesteps(steps) if steps is not None else list(range(self.T - 1, -1, -1))
+        clip = self.cfg.clip_x0
+        if clip == "data":
+            if x0_range is None:
+                raise ValueError("diffusion.clip_x0='data' needs the data range: sample(..., x0_range=(lo, hi))")
+            lo, hi = float(x0_range[0]), float(x0_range[1])
+        elif clip is not None:
+            lo, hi = -float(clip), float(clip)
+        x = randn_per_item(shape, generator, dev)
+        B = shape[0]
+        for i, t in enumerate(tqdm(ts, desc="DDPM sampling", unit="step", disable=not progress, leave=False)):
+            t_b = torch.full((B,), t, dtype=torch.long, device=dev)
+            eps = denoiser(x, t_b, cond)
+            if clip is not None:
+                x0 = sched.predict_x0(x, eps, t).clamp(lo, hi)
+                if steps is None:
+                    x = sched.posterior_mean(x, x0, t)
+                    if t > 0:
+                        x = x + math.sqrt(float(sched.posterior_var[t])) * randn_per_item(shape, generator, dev)
+                    continue
+                eps = (x - math.sqrt(float(sched.abar[t])) * x0) / math.sqrt(1 - float(sched.abar[t]))
+            if steps is None:  # ancestral; the step from t = 0 is the posterior mean = the clean estimate
+                x = sched.step(x, eps, t, randn_per_item(shape, generator, dev) if t > 0 else None)
+            else:
+                t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+                noise = randn_per_item(shape, generator, dev) if eta > 0 and t_prev >= 0 else None
+                x = sched.ddim_step(x, eps, t, t_prev, eta, noise)
+        if not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x)).flatten(1).any(1).nonzero()[0, 0])
+            raise FloatingPointError(f"DDPM sampling produced non-finite values (first at batch item {bad}); the model diverged")
+        return x

@@ -8,6 +8,9 @@ rebuilds the same network); the keys a builder reads:
   "hours":        L, window length in finest (1 h) steps
   "stages":       [[spatial level, temporal resolution], ...] of the DRDM plan, coarse -> fine (ZoomDiff)
   "n_aoi", "n_house_road", "n_poi": context vocabulary sizes (categories / POI channels)
+
+csdi / dit read "patch", "hours" and the vocabularies; the statistical kinds (historical, context_profile) read
+nothing: their statistics' shapes come from the data they are fitted on (or the state dict they load).
 """
 
 from __future__ import annotations
@@ -22,6 +25,11 @@ from mobscale.errors import ConfigError
 #: kind -> "module:function(cfg, data_info) -> nn.Module" (imported lazily)
 MODELS: dict[str, str] = {
     "zoomdiff": "mobscale.model.zoomdiff:build",
+    "csdi": "mobscale.model.csdi:build",
+    "dit": "mobscale.model.dit:build",
+    # fitted statistics (unfitted until StatisticalModel.fit or load_state_dict)
+    "historical": "mobscale.model.statistical:build",
+    "context_profile": "mobscale.model.statistical:build",
 }
 
 

@@ -68,6 +68,8 @@ class SampleSpec:
     shards: int = 1
     keep_stages: bool = True
     refine_level: str | None = None  # refine mode: level of the coarse input taken from `context`
+    normaliser_from: str | None = None  # zero-shot transfer: refit the normalisation on this store's traffic...
+    normaliser_fraction: float = 0.05  # ...using this fraction of its training windows (ZoomDiff Table VII)
     threads: int = 1
 
     def run_hash(self) -> str:
@@ -205,6 +207,23 @@ def _fault(point: str, shard: Shard) -> None:
         os._exit(17)
 
 
+def load_for(spec: SampleSpec):
+    """The window generator of ``spec``: the export, with its normalisation refitted on a small fraction of the
+    target city's training windows when ``normaliser_from`` is set (zero-shot cross-city generation; the
+    public ZoomDiff code fits its scaler on 5 % of the target city the same way)."""
+    from mobscale.data.windows import CityWindows, fit_normaliser
+    from mobscale.sample.generators import load_generator
+
+    gen = load_generator(spec.export)
+    if spec.normaliser_from:
+        cfg = gen.export.config
+        w = CityWindows(spec.normaliser_from, cfg.data.windows, "train", [("grid50", "1h")])
+        n = max(1, int(math.ceil(spec.normaliser_fraction * len(w))))
+        gen.norm = fit_normaliser(w, cfg.data.windows.transform, max_windows=n, seed=spec.seed)
+        log.info("normalisation refitted on %d of %d training windows of %s: %s", n, len(w), spec.normaliser_from, gen.norm.state_dict())
+    return gen
+
+
 def generate_shard(spec: SampleSpec, lay: Layout, gen, shard: Shard, arr) -> np.ndarray:
     """Blended stage densities over the shard's region: (K, T_s, H_s, W_s) float32."""
     from mobscale.data.windows import ContextWindows
@@ -258,7 +277,6 @@ def run_shard_group(spec_d: dict, shard_ds: list[dict]) -> dict:
     """submitit entry point: generate and write a group of shards (skipping finished ones)."""
     from mobscale.data.windows import CityArrays
     from mobscale.log import setup_logging
-    from mobscale.sample.generators import load_generator
 
     setup_logging()
     spec = SampleSpec(**spec_d)
@@ -268,7 +286,7 @@ def run_shard_group(spec_d: dict, shard_ds: list[dict]) -> dict:
     todo = [s for s in shards if not _marker(Path(spec.out), s).exists()]
     if not todo:
         return {"done": [s.index for s in shards], "skipped": len(shards)}
-    gen = load_generator(spec.export)
+    gen = load_for(spec)
     lay = make_layout(spec, gen)
     arr = CityArrays(spec.context, cache_bytes=256 << 20, require_traffic=False)
     t_gen = t_write = 0.0

@@ -68,6 +68,9 @@ def train_local(cfg, run_dir: str | Path, *, task_factory: str | None = None, in
     dump(cfg, run_dir / "config.yaml")
     (run_dir / CHECKPOINT_REQUEST).unlink(missing_ok=True)  # a stale request from a killed attempt
     task.setup(run_dir)
+    if callable(getattr(task, "fit", None)):  # fitted statistics (historical, context_profile): no gradient loop
+        model = task.fit(run_dir)
+        return ckpt.write_export(run_dir, cfg, task, model.state_dict(), step=0, engine="fit", weights="fitted")
 
     seed_model_init(cfg.seed)
     model = task.build_model().to(device)

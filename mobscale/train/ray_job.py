@@ -115,6 +115,9 @@ def train_ray(cfg, run_dir: str | Path, *, task_factory: str | None = None, init
     task.prepare(run_dir)
     dump(cfg, run_dir / "config.yaml")
     (run_dir / CHECKPOINT_REQUEST).unlink(missing_ok=True)  # a stale request from a killed attempt
+    if callable(getattr(task, "fit", None)):  # fitted statistics: nothing for Ray workers to do
+        task.setup(run_dir)
+        return ckpt.write_export(run_dir, cfg, task, task.fit(run_dir).state_dict(), step=0, engine="fit", weights="fitted")
 
     finished = _finished_checkpoint(run_dir, cfg)
     if finished is not None:  # re-running a completed command: no need to start workers just to find that out

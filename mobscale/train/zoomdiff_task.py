@@ -1,11 +1,12 @@
-"""Training tasks on city-store windows (mobscale.train.task.Task): ZoomDiff on the DRDM process.
+"""Training tasks on city-store windows (mobscale.train.task.Task): ZoomDiff on the DRDM process, the
+single-resolution diffusion baselines (CSDI-style, DiT-style) on plain DDPM, and the statistical references.
 
 ``_WindowTask`` holds what any traffic model trained on :class:`mobscale.data.windows.CityWindows` needs:
 the data (the configured store, or the synthetic city made into ``RUN/data/city.zarr``), the Normaliser
 fitted on the *training split only* (the public code fits its scaler on all data, test included: a leak),
 rank-sharded datasets, and the state written by ``prepare`` for every worker's ``setup``. A task for
-another model family (the single-resolution baselines) subclasses it and supplies the stage list, the
-model and the loss.
+another model family subclasses it and supplies the stage list, the model and the loss: :class:`BaselineTask`
+(csdi, dit) and :class:`StatisticalTask` (historical, context_profile: no gradient training, ``fit``).
 
 ``RUN/data_state.json`` (written atomically by ``prepare``, reused on resume so normalisation never
 changes mid-run): {"store": path, "stages": [[level, resolution], ...], "normaliser": Normaliser.state_dict(),
@@ -184,3 +185,68 @@ class ZoomDiffTask(_WindowTask):
                     seen.add(id(p))
                     out.append(p)
         return out
+
+
+class BaselineTask(_WindowTask):
+    """CSDI- and DiT-style baselines: plain DDPM (GaussianDiffusion) on the finest stage ("grid50", "1h").
+
+    Same windows and training-split Normaliser as ZoomDiff. With ``model.cond_level`` (refinement baseline)
+    the stages are [(cond_level, "1h"), ("grid50", "1h")] and the network sees the normalised coarse density
+    as cond["coarse"]. A batch is a collated CityWindows item dict; "targets" (B, K, L, P, P) linear.
+    """
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        from mobscale.diffusion.gaussian import GaussianDiffusion
+
+        if cfg.model.kind not in ("csdi", "dit") or cfg.diffusion.kind != "gaussian":
+            raise ConfigError(f"BaselineTask trains model.kind=csdi|dit on diffusion.kind=gaussian, got {cfg.model.kind}/{cfg.diffusion.kind}")
+        self.process = GaussianDiffusion(cfg.diffusion)
+        lvl = cfg.model.cond_level
+        self.stages = ([(lvl, "1h")] if lvl is not None else []) + [("grid50", "1h")]
+
+    def loss(self, model: torch.nn.Module, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        self._ready()
+        targets = batch["targets"]
+        K = len(self.stages)
+        if targets.ndim != 5 or targets.shape[1] != K:
+            raise ConfigError(f"batch 'targets' has shape {tuple(targets.shape)}, expected (B, {K}, L, P, P) for stages {self.stages}")
+        cond = batch
+        if K == 2:  # refinement baseline: the coarse level, normalised like the target, as an input channel
+            cond = {**batch, "coarse": self.normaliser.forward(targets[:, 0])}
+        return self.process.training_loss(model, self.normaliser.forward(targets[:, -1]), cond, generator)
+
+
+class StatisticalTask(_WindowTask):
+    """The statistical references (model.kind = historical | context_profile; mobscale.model.statistical).
+
+    Data side as every window task (prepare: data + training-split Normaliser; setup). There is no gradient
+    training: ``fit(run_dir)`` computes the statistics on the training split and returns the fitted
+    StatisticalModel, whose ``state_dict()`` (tensors only) is the export's weights. ``loss`` raises, so an
+    engine that ignores ``fit`` fails loudly instead of "training" a model without parameters.
+    """
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        if cfg.model.kind not in ("historical", "context_profile") or cfg.diffusion.kind != "none":
+            raise ConfigError(f"StatisticalTask fits model.kind=historical|context_profile with diffusion.kind=none, got {cfg.model.kind}/{cfg.diffusion.kind}")
+        from mobscale.model.statistical import STAGES
+
+        self.stages = list(STAGES)
+
+    def loss(self, model: torch.nn.Module, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        raise ConfigError(
+            f"model.kind={self.cfg.model.kind} is a fitted statistical reference, not trained by gradient descent: "
+            f"the training engine must call {type(self).__name__}.fit(run_dir) and export its state_dict"
+        )
+
+    def fit(self, run_dir: Path, progress: bool = True) -> torch.nn.Module:
+        """Fit the statistics on the training split (after prepare and setup); returns the fitted model."""
+        from mobscale.data.windows import CityWindows
+
+        self._ready()
+        train = CityWindows(self.store, self.cfg.data.windows, "train", self.stages)
+        hours = train.time_ranges()["train"]
+        patches = None if self.cfg.data.windows.split_by == "time" else sorted({(w.y0, w.x0) for w in train.windows})
+        model = self.build_model()
+        return model.fit(train.arr, hours, patches, train.P, self.normaliser, progress=progress)

@@ -116,8 +116,11 @@ def test_ablation_switches_build_smaller_models():
     assert out.shape == batch["x"][:, 0].shape
 
 
-def test_registry_rejects_unknown_kinds():
+def test_registry_rejects_unknown_kinds(monkeypatch):
+    from mobscale.model import registry
+
     cfg = load_dict({"model": {"kind": "csdi"}})
+    monkeypatch.delitem(registry.MODELS, "csdi")
     with pytest.raises(ConfigError, match="no model registered for model.kind=csdi"):
         build_model(cfg, {})
     with pytest.raises(ConfigError, match="lacks 'stages'"):
