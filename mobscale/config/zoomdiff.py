@@ -49,7 +49,11 @@ class DRDMConfig(Section):
     denoising: Literal["SD", "CD"] = "SD"
     beta_schedule: Literal["linear", "quadratic", "cosine"] = "quadratic"
     beta_start: float = Field(1e-4, gt=0, lt=1)
-    beta_end: float = Field(0.2, gt=0, lt=1, description="per-stage (SN) or global (CN) final beta")
+    beta_end: float = Field(
+        0.5, gt=0, lt=1,
+        description="per-stage (SN) or global (CN) final beta; with 20 steps per stage, quadratic 1e-4 -> 0.5 ends at "
+        "abar = 0.015 (near pure noise, as sampling from N(0, I) assumes); 0.2 would end at 0.22",
+    )
     fusion: Literal["mlp", "mix", "add", "none"] = "mlp"
     fusion_dim: int = Field(32, ge=1, description="latent dimension D of the fusion MLP (paper: converges at 32)")
     fusion_lambda: float = Field(0.5, ge=0, le=1, description="weight of eps_prior for fusion=mix")

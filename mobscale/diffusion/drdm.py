@@ -257,6 +257,15 @@ class DRDM:
         self.abar = abar
         self.betas = betas
         log.debug("DRDM %s/%s/%s, N=%d, stages %s at boundaries %s", cfg.noise, cfg.adding, cfg.denoising, N, self.plan.pairs, self.plan.boundaries)
+        # A chain that starts from N(0, I) must end (in the forward direction) near pure noise, or sampling starts
+        # from a different distribution than training saw (the public code's segments end at abar ~ 0.09; with
+        # sqrt(abar) = 0.45 we measured the generated mean traffic at half the real one).
+        tops = [float(self.abar[s.hi - 1]) for s in self.plan.stages] if cfg.noise == "SN" else [float(self.abar[-1])]
+        self.top_signal = max(tops) ** 0.5
+        if self.top_signal > 0.2:
+            log.warning("DRDM: the noisiest step keeps sqrt(abar) = %.2f of the signal (beta_schedule=%s, beta_end=%g, %d steps "
+                        "per chain); sampling from N(0, I) there is biased: raise diffusion.beta_end or diffusion.steps",
+                        self.top_signal, cfg.beta_schedule, cfg.beta_end, min(s.steps for s in self.plan.stages))
 
     # ------------------------------------------------------------------ coefficients
 
