@@ -1,27 +1,92 @@
-"""MSTDiff: joint per-user traffic (wavelets + VQ-VAE, Gaussian diffusion) and trajectory (discrete diffusion)."""
+"""MSTDiff: joint per-user traffic (wavelets + VQ-VAE, Gaussian diffusion) and trajectory (discrete diffusion).
+
+Switches that reproduce the public code's choices (for ablations; the defaults are the correct method):
+
+* ``diffusion.posterior="reference"``: the public "posterior" ``Qbar_{t-1}[l0] Q_t`` (ignores ``l_t``);
+* ``diffusion.trajectory_input="probs"``: the network sees the probability row ``Qbar_t[l0]`` instead of a
+  sampled ``l_t`` (leaks ``l0``); at sampling time it sees the running reverse probabilities ``p_L``;
+* ``model.freeze_vqvae=False``: the pretrained VQ-VAE is fine-tuned by the diffusion loss;
+* ``model.lambda_ce=0``: no cross-entropy term;
+* ``model.output_order="band"``: trajectory outputs concatenated band by band (position p is not time step p);
+* ``diffusion.rate_scale=1, diffusion.teleport=0``: the raw 0.01 -> 0.1 rate schedule, which does not reach
+  uniform on a real neighbour graph;
+* ``diffusion.trajectory_last_step="sample"``: Algorithm 2's sampled final step (ours takes the mode).
+
+``configs/model/mstdiff-reference.yaml`` sets all of them.
+
+Ablations of the paper: ``model.use_trajectory=False`` (traffic only, "w/o Traj"), ``model.use_traffic=False``
+(trajectory only).
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mobscale.config.base import Section
 
 
 class MSTDiffDiffusionConfig(Section):
-    """Both noise processes of MSTDiff (same step count, separate schedules)."""
+    """Both noise processes of MSTDiff (same step count, separate schedules).
+
+    Trajectory corruption: the rate matrix R of the KG neighbour graph (eqs. 10-11) plus a uniform
+    ``teleport`` rate, ``R + teleport (J/N - I)``; step t moves with ``Q_t = expm(alpha_t R)``. The rates
+    ``alpha_t`` are geometric from ``rate_start`` to ``rate_end`` times ``rate_scale``. A graph diffusion alone
+    reaches uniform only if the graph is connected, and then only after ~1/spectral-gap time units (huge for
+    a kNN geometric graph of thousands of BS); the teleport term makes ``Qbar_S`` within TV ``exp(-teleport *
+    sum alpha)`` of uniform for ANY graph, disconnected included. ``rate_scale=None`` picks the smallest scale
+    that meets ``uniform_tol``.
+    """
 
     kind: Literal["mstdiff"] = "mstdiff"
     steps: int = Field(50, ge=2)
+    beta_schedule: Literal["linear", "quadratic", "cosine"] = Field("linear", description="traffic (Gaussian) beta schedule")
     beta_start: float = Field(1e-4, gt=0, lt=1)
     beta_end: float = Field(0.2, gt=0, lt=1)
     rate_start: float = Field(0.01, gt=0, description="trajectory transition rate alpha_1 (geometric schedule)")
     rate_end: float = Field(0.1, gt=0, description="trajectory transition rate alpha_S")
+    rate_scale: float | None = Field(
+        None, gt=0, description="multiplies the geometric rates; None = auto (smallest scale with max TV(Qbar_S, uniform) <= uniform_tol); 1 = public code"
+    )
+    teleport: float = Field(0.5, ge=0, description="uniform jump rate added to R (0 = pure KG graph, as in the paper)")
+    uniform_tol: float = Field(0.01, gt=0, lt=1, description="target / warning threshold of max TV distance of Qbar_S rows from uniform")
     posterior: Literal["exact", "reference"] = Field("exact", description="'reference' reproduces the public code's wrong posterior (ablation)")
+    trajectory_last_step: Literal["mode", "sample"] = Field(
+        "mode", description="final reverse step of the trajectory: its mode (noise-free, like DDPM's last step) or a sample (Algorithm 2)"
+    )
+    trajectory_input: Literal["sample", "probs"] = Field(
+        "sample", description="'probs' feeds the network Qbar_t[l0] (public code; leaks l0) instead of a sampled l_t"
+    )
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.rate_end < self.rate_start:
+            raise ValueError("diffusion.rate_end must be >= diffusion.rate_start")
+        return self
+
+
+class MSTDiffUsersConfig(Section):
+    """How the users group of a city store becomes training samples."""
+
+    seq_len: int = Field(336, ge=8, description="time steps per sample (336 half-hours = 1 week); divisible by 2**wavelet_level")
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="fraction of users held out (split by user)")
+    split_seed: int = Field(1234, description="seed of the user split (independent of the run seed)")
+    max_users: int | None = Field(None, ge=1, description="use at most this many users (first ones after shuffling)")
+    traffic_transform: Literal["log1p", "user_max"] = Field(
+        "log1p",
+        description="log1p: z = (log1p(m) - mu) / sigma with mu, sigma of the training users (keeps volumes, invertible); "
+        "user_max: m / max_u(m) mapped to [-1, 1] (paper); generated users then draw a max from the training maxima",
+    )
+    locations: Literal["visited", "all"] = Field(
+        "visited", description="trajectory state space: BS visited by training users, or every BS of the store"
+    )
 
 
 class MSTDiffModelConfig(Section):
+    """The co-denoiser (multi-scale Transformer), its pretrained wavelet VQ-VAE, the KG neighbour graph, the loss
+    weights of eq. 13 and the single-modality / public-code ablation switches (see the module docstring)."""
+
     kind: Literal["mstdiff"] = "mstdiff"
     width: int = Field(64, ge=8)
     heads: int = Field(4, ge=1)
@@ -31,14 +96,33 @@ class MSTDiffModelConfig(Section):
     codebook_size: int = Field(128, ge=2)
     code_dim: int = Field(32, ge=1)
     commitment: float = Field(0.25, ge=0)
+    vq_hidden: int = Field(32, ge=4, description="channels of the VQ-VAE conv encoder/decoder")
+    vq_pretrain_steps: int = Field(500, ge=0)
+    vq_lr: float = Field(2e-3, gt=0)
+    vq_batch_size: int = Field(64, ge=1)
     kg_neighbours: int = Field(5, ge=1, description="top-K nearest KG-embedding neighbours (k in B=(A+A^T)/2K)")
     kg_max_distance_km: float | None = Field(3.0, description="distance threshold for neighbours; None = no threshold")
     kg_dim: int = Field(32, ge=2, description="TuckER embedding dimension")
+    kg_relation_dim: int = Field(8, ge=1, description="TuckER relation dimension")
     kg_epochs: int = Field(50, ge=1)
-    lambda_mse: float = 1.0
-    lambda_kl: float = 1.0
-    lambda_ce: float = 0.1
+    kg_lr: float = Field(1e-2, gt=0)
+    lambda_mse: float = Field(1.0, ge=0)
+    lambda_kl: float = Field(1.0, ge=0)
+    lambda_ce: float = Field(1.0, ge=0, description="CE weight; 1.0 beat 0.1 on the demo city (800 steps: DailyLoc JSD 0.41 vs 0.54)")
     use_trajectory: bool = True
     use_traffic: bool = True
     freeze_vqvae: bool = True
-    vq_pretrain_steps: int = Field(500, ge=0)
+    output_order: Literal["time", "band"] = Field(
+        "time", description="trajectory logits per time step ('time') or bands concatenated (public code; 'band')"
+    )
+    users: MSTDiffUsersConfig = Field(default_factory=MSTDiffUsersConfig)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not (self.use_traffic or self.use_trajectory):
+            raise ValueError("model.use_traffic and model.use_trajectory cannot both be false")
+        if self.width % self.heads:
+            raise ValueError(f"model.width={self.width} must be divisible by model.heads={self.heads}")
+        if self.users.seq_len % (2**self.wavelet_level):
+            raise ValueError(f"model.users.seq_len={self.users.seq_len} must be divisible by 2**wavelet_level={2**self.wavelet_level}")
+        return self

@@ -27,6 +27,7 @@ MODELS: dict[str, str] = {
     "zoomdiff": "mobscale.model.zoomdiff:build",
     "csdi": "mobscale.model.csdi:build",
     "dit": "mobscale.model.dit:build",
+    "mstdiff": "mobscale.model.mstdiff:build",
     # fitted statistics (unfitted until StatisticalModel.fit or load_state_dict)
     "historical": "mobscale.model.statistical:build",
     "context_profile": "mobscale.model.statistical:build",

@@ -54,7 +54,7 @@ def sample(args) -> int:
     if export.kind == "mstdiff":
         from mobscale.sample.users import sample_users_to_store
 
-        sample_users_to_store(export, args.context, args.out, seed=args.seed, overwrite=args.overwrite)
+        sample_users_to_store(export, args.context, args.out, n_users=args.users, seed=args.seed, overwrite=args.overwrite)
         print(f"wrote {args.out}")
         return 0
     from mobscale.sample.city import sample_city

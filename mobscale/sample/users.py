@@ -1,0 +1,211 @@
+"""Generate per-user traffic and trajectories from an exported MSTDiff model (Algorithm 2) into a users group.
+
+``sample_users(export, n_users, seed)`` returns an ``xr.Dataset`` in the layout of a store's ``users`` group
+(``traffic (user, time)`` float32 volumes, ``trajectory (user, time)`` int32 BS ids into the root ``bs``
+dimension, ``time`` at the training data's step from the training window's start). Either variable is absent
+when the model was trained without that modality.
+
+``sample_users_to_store(export, context, out)`` checks that the context store is the training city (same
+base stations), then writes a users-only city store: the context's BS coordinates and attrs at the root
+(``kind="generated"``), the generated users plus the context's KG triples in ``users``. ``write_users_group``
+adds (or replaces) the users group of an existing store instead, e.g. one written by the traffic sampler.
+
+Determinism: the same export, ``seed`` and ``batch_size`` give bit-identical output on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+from mobscale.data import schema
+from mobscale.data.store import has_group, open_city, open_users, to_zarr, write_city
+from mobscale.data.wavelets import BandLayout, TrafficTransform, idwt
+from mobscale.diffusion.mstdiff_process import MSTDiffProcess
+from mobscale.errors import CheckpointError, OutputExistsError, StoreError
+from mobscale.log import get_logger
+from mobscale.model.export import Export, load_export
+from mobscale.model.mstdiff import MSTDiffDenoiser, build
+
+log = get_logger(__name__)
+
+
+def _as_numpy(v) -> np.ndarray:
+    return v.numpy() if torch.is_tensor(v) else np.asarray(v)
+
+
+def load_mstdiff(export: Export | str | Path, device: str | torch.device = "cpu") -> tuple[object, MSTDiffDenoiser, MSTDiffProcess, dict]:
+    """(run config, denoiser in eval mode, process, normalisation) of an MSTDiff export."""
+    ex = export if isinstance(export, Export) else load_export(export)
+    if ex.kind != "mstdiff":
+        raise CheckpointError(f"export is a '{ex.kind}' model, not mstdiff")
+    cfg = ex.config
+    norm = ex.normalisation
+    info = ex.extra.get("data_info")
+    if not info:
+        raise CheckpointError("mstdiff export lacks extra['data_info'] (written by MSTDiffTask.export_extra)")
+    model = build(cfg, info)
+    missing, unexpected = model.load_state_dict(ex.state_dict, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"mstdiff export weights do not fit the network: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.to(device).eval()
+    nbr = _as_numpy(norm["neighbours"]) if "neighbours" in norm else None
+    rates = _as_numpy(norm["rates"]) if "rates" in norm else None
+    process = MSTDiffProcess.from_config(cfg.diffusion, cfg.model, neighbours=nbr, rates=rates)
+    if process.trajectory is not None:
+        process.trajectory.to(device)
+    return cfg, model, process, norm
+
+
+def sample_users(
+    export: Export | str | Path,
+    n_users: int,
+    seed: int = 0,
+    *,
+    batch_size: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    last_step: str | None = None,
+) -> xr.Dataset:
+    """Generate ``n_users`` users (one window of ``model.users.seq_len`` steps each) -> users-group Dataset.
+    ``last_step`` ("mode" | "sample") overrides the config's ``diffusion.trajectory_last_step``."""
+    if n_users < 1:
+        raise ValueError(f"n_users must be >= 1, got {n_users}")
+    cfg, model, process, norm = load_mstdiff(export, device)
+    if last_step is not None:
+        if last_step not in ("mode", "sample"):
+            raise ValueError(f"last_step must be 'mode' or 'sample', got {last_step!r}")
+        process.last_step = last_step
+    m = cfg.model
+    T = m.users.seq_len
+    layout = BandLayout(T, m.wavelet, m.wavelet_level)
+    bs = batch_size or cfg.sample.batch_size
+    gen = torch.Generator().manual_seed(int(seed))
+    offset = int(norm.get("offset", 0))
+    ws, ls = [], []
+    starts = range(0, n_users, bs)
+    for i in tqdm(starts, desc="MSTDiff users", disable=not progress, leave=False):
+        n = min(bs, n_users - i)
+        off = torch.full((n,), offset, dtype=torch.long, device=device)
+        w, l = process.sample(model, n, T, offset=off, generator=gen, device=device)
+        if w is not None:
+            ws.append(w.cpu().numpy())
+        if l is not None:
+            ls.append(l.cpu().numpy())
+    step = int(norm["step_minutes"])
+    times = pd.date_range(pd.Timestamp(str(norm["start"])), periods=T, freq=f"{step}min")
+    data = {}
+    if ws:
+        tf = TrafficTransform.from_state(norm)
+        vol = tf.inverse(idwt(np.concatenate(ws), layout), rng=np.random.default_rng(seed))
+        data["traffic"] = (("user", "time"), vol.astype(np.float32), {"units": "MB", "long_name": "generated traffic per user per step"})
+    if ls:
+        vocab = _as_numpy(norm["vocab"]).astype(np.int64)
+        data["trajectory"] = (("user", "time"), vocab[np.concatenate(ls)].astype(np.int32), {"long_name": "serving BS index (into root bs)"})
+    return xr.Dataset(
+        data,
+        coords={"user": np.arange(n_users, dtype=np.int32), "time": times.values.astype("datetime64[ns]")},
+        attrs={
+            "provenance": f"generated by MSTDiff (seed {seed}, {process.steps} steps, posterior={process.posterior}, last step={process.last_step})",
+            "time_step_minutes": step,
+            "kind": "generated",
+        },
+    )
+
+
+def check_context(norm: dict, root: xr.Dataset, context: Path) -> None:
+    """StoreError unless ``root`` (opened from ``context``) has the training city's base stations: the same
+    count, and the model's locations at the same positions within 1 m."""
+    n_bs = int(norm["n_bs"])
+    if root.sizes.get("bs") != n_bs:
+        raise StoreError(f"{context}: has {root.sizes.get('bs')} base stations, the model was trained on a city with {n_bs}")
+    if "loc_xy_km" in norm and "bs_y" in root.variables and "bs_x" in root.variables:
+        vocab = _as_numpy(norm["vocab"]).astype(np.int64)
+        xy = np.column_stack([root["bs_y"].values, root["bs_x"].values]).astype(np.float64)[vocab] / 1000.0
+        d = float(np.abs(xy - _as_numpy(norm["loc_xy_km"])).max())
+        if d > 1e-3:
+            raise StoreError(f"{context}: base stations differ from the training city's (max offset {d * 1000:.1f} m); sample with the training city as --context")
+
+
+def _users_group(gen: xr.Dataset, context: Path) -> xr.Dataset:
+    """Generated users + the context's KG triples (same city, same graph)."""
+    out = gen
+    if has_group(context, schema.USERS_GROUP):
+        cu = open_users(context)
+        kg = [v for v in ("kg_head", "kg_relation", "kg_tail") if v in cu]
+        if len(kg) == 3:
+            out = gen.assign({v: (("triple",), np.asarray([str(s) for s in cu[v].values], dtype=object)) for v in kg})
+    return out
+
+
+def sample_users_to_store(
+    export: Export | str | Path,
+    context: str | Path,
+    out: str | Path,
+    *,
+    n_users: int | None = None,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Generate users and write a users-only city store at ``out`` (see module docstring). ``n_users``
+    defaults to the context's user count, else the number of training users."""
+    context, out = Path(context), Path(out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out}: already exists (pass --overwrite to replace it)")
+    ex = export if isinstance(export, Export) else load_export(export)
+    root = open_city(context)
+    check_context(ex.normalisation, root, context)
+    if n_users is None:
+        n_users = open_users(context).sizes["user"] if has_group(context, schema.USERS_GROUP) else int(ex.normalisation["n_train_users"])
+    seed = ex.config.sample.seed if seed is None else seed
+    gen = sample_users(ex, n_users, seed, batch_size=batch_size, progress=progress)
+    keep = [v for v in root.variables if root[v].dims == ("bs",) or v == "bs"]
+    base = root[[v for v in keep if v in root.data_vars]] if any(v in root.data_vars for v in keep) else xr.Dataset()
+    base = base.assign_coords({c: root[c] for c in keep if c in root.coords}).load()
+    attrs = {k: v for k, v in root.attrs.items() if k != "levels_present"}
+    attrs.update(
+        {
+            "kind": "generated",
+            "levels_present": json.dumps([]),
+            "provenance": f"MSTDiff users from {Path(str(ex.extra.get('source_run', 'export')))}; context {context}",
+        }
+    )
+    base.attrs = attrs
+    write_city(base, out, users=_users_group(gen, context), overwrite=overwrite)
+    log.info("wrote %d generated users to %s/users", n_users, out)
+    return out
+
+
+def write_users_group(users: xr.Dataset, store: str | Path, *, overwrite: bool = False) -> Path:
+    """Add ``users`` as the users group of the existing ``store`` (written to a temporary group, then renamed
+    into place, so a failure never leaves a half-written group)."""
+    store = Path(store)
+    open_city(store)  # StoreError when it is not a store
+    target = store / schema.USERS_GROUP
+    if target.exists() and not overwrite:
+        raise OutputExistsError(f"{store}: already has a users group (pass overwrite=True to replace it)")
+    tmp_name = f".{schema.USERS_GROUP}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        to_zarr(users, store, group=tmp_name, mode="w-")
+    except BaseException:
+        shutil.rmtree(store / tmp_name, ignore_errors=True)
+        raise
+    if target.exists():
+        old = store / f".{schema.USERS_GROUP}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(target, old)
+        os.replace(store / tmp_name, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(store / tmp_name, target)
+    return target

@@ -1,0 +1,140 @@
+"""End to end on a tiny city: MSTDiffTask through the single-process engine -> export -> users sampled into a
+schema-valid store; the pretrained VQ-VAE is unchanged by diffusion training (and changed when fine-tuned);
+trajectory-only data; determinism; boundary errors."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from mobscale.config import load_dict
+from mobscale.data.store import open_city, open_users
+from mobscale.data.validate import validate_store
+from mobscale.errors import ConfigError, StoreError
+from mobscale.model.export import load_export
+from mobscale.sample.users import sample_users, sample_users_to_store
+from mobscale.train.engine_utils import seed_model_init
+from mobscale.train.loop import train_local
+from mobscale.train.mstdiff_task import DATA_FILE, MSTDiffTask
+
+from mst_city import tiny_cfg, tiny_city
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory):
+    return tiny_city(tmp_path_factory.mktemp("city") / "tiny.zarr")
+
+
+@pytest.fixture(scope="module")
+def trained(city, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run") / "run"
+    cfg = load_dict(tiny_cfg(city))
+    export = train_local(cfg, run)
+    return run, export
+
+
+def test_task_contract(city, tmp_path):
+    task = MSTDiffTask(load_dict(tiny_cfg(city)))
+    task.prepare(tmp_path)
+    task.setup(tmp_path)
+    ds = task.dataset("train")
+    item = ds[0]
+    assert item["w0"].shape == (48,) and item["l0"].shape == (48,) and item["l0"].dtype == torch.int64
+    assert len(ds) == 18 * 2  # 24 users, 25 % held out -> 18 train users x 2 day-windows
+    shards = [task.dataset("train", r, 2) for r in range(2)]
+    assert len(shards[0]) + len(shards[1]) == len(ds)
+    assert len(task.dataset("test")) == 6 * 2
+    model = task.build_model()
+    batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
+    loss, logs = task.loss(model, batch, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and {"mse", "kl", "ce"} <= set(logs)
+    info = task.export_extra()["data_info"]
+    assert info["band_lengths"] == [6, 6, 12, 24] and info["n_locations"] == int(task.state["vocab"].numel())
+    norm = task.normalisation()
+    assert norm["traffic_transform"] == "log1p" and norm["rates"].numel() == 6
+    with pytest.raises(ConfigError, match="split"):
+        task.dataset("nope")
+
+
+def test_train_export_and_frozen_vqvae_unchanged(trained):
+    run, export = trained
+    ex = load_export(export)
+    assert ex.kind == "mstdiff" and ex.extra["step"] == 4
+    prep = torch.load(run / DATA_FILE, weights_only=True)
+    for k, v in prep["vq_state"].items():
+        assert torch.equal(ex.state_dict[f"vqvae.{k}"], v), k
+    # while the rest of the network did train (compare with the engine's seeded initialisation)
+    task = MSTDiffTask(ex.config)
+    task.setup(run)
+    seed_model_init(ex.config.seed)
+    init = task.build_model().state_dict()
+    for k, v in init.items():
+        if k.startswith("vqvae."):
+            assert torch.equal(v, ex.state_dict[k]), k
+    moved = [k for k in init if not k.startswith("vqvae.") and not torch.equal(init[k], ex.state_dict[k])]
+    assert len(moved) > 10
+
+
+def test_fine_tuned_vqvae_ablation_changes_it(city, tmp_path):
+    cfg = load_dict(tiny_cfg(city, **{"model.freeze_vqvae": False}))
+    ex = load_export(train_local(cfg, tmp_path / "ft"))
+    prep = torch.load(tmp_path / "ft" / DATA_FILE, weights_only=True)
+    changed = [k for k, v in prep["vq_state"].items() if not torch.equal(ex.state_dict[f"vqvae.{k}"], v)]
+    assert changed and any("encoder" in k for k in changed)
+
+
+def test_sample_users_into_a_valid_store(trained, city, tmp_path):
+    _, export = trained
+    out = sample_users_to_store(export, city, tmp_path / "gen.zarr", n_users=5, seed=3, progress=False)
+    validate_store(out)
+    u = open_users(out)
+    assert u["traffic"].shape == (5, 48) and u["trajectory"].shape == (5, 48)
+    tr = u["traffic"].values
+    assert np.isfinite(tr).all() and (tr >= 0).all()
+    ids = u["trajectory"].values
+    assert ids.min() >= 0 and ids.max() < open_city(city).sizes["bs"]
+    assert "kg_head" in u and open_city(out).attrs["kind"] == "generated"
+    a = sample_users(export, 5, seed=3, progress=False)
+    np.testing.assert_array_equal(a["trajectory"].values, ids)
+    np.testing.assert_array_equal(a["traffic"].values, tr)
+    b = sample_users(export, 5, seed=4, progress=False)
+    assert not np.array_equal(a["trajectory"].values, b["trajectory"].values)
+
+
+def test_sampling_refuses_another_city(trained, tmp_path):
+    _, export = trained
+    other = tiny_city(tmp_path / "other.zarr", n_bs=10)
+    with pytest.raises(StoreError, match="base stations"):
+        sample_users_to_store(export, other, tmp_path / "x.zarr", n_users=2, progress=False)
+
+
+def test_trajectory_only_store(tmp_path, caplog):
+    city = tiny_city(tmp_path / "traj.zarr", traffic=False, kg=False)
+    with pytest.raises(ConfigError, match="use_traffic"):
+        MSTDiffTask(load_dict(tiny_cfg(city))).prepare(tmp_path / "bad")
+    cfg = load_dict(tiny_cfg(city, **{"model.use_traffic": False}))
+    with caplog.at_level(logging.WARNING, logger="mobscale"):
+        export = train_local(cfg, tmp_path / "run")
+    assert any("no KG triples" in r.message for r in caplog.records)
+    ds = sample_users(export, 3, seed=0, progress=False)
+    assert "traffic" not in ds and ds["trajectory"].shape == (3, 48)
+
+
+def test_write_users_group_replaces_atomically(trained, tmp_path):
+    from mobscale.errors import OutputExistsError
+    from mobscale.sample.users import write_users_group
+
+    _, export = trained
+    store = tiny_city(tmp_path / "host.zarr")
+    gen = sample_users(export, 2, seed=1, progress=False)
+    with pytest.raises(OutputExistsError):
+        write_users_group(gen, store)
+    write_users_group(gen, store, overwrite=True)
+    validate_store(store)
+    u = open_users(store)
+    assert u.sizes["user"] == 2
+    np.testing.assert_array_equal(u["trajectory"].values, gen["trajectory"].values)
+    assert not [p for p in store.iterdir() if p.name.startswith(".users")]
