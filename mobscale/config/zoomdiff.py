@@ -92,6 +92,12 @@ class ZoomDiffModelConfig(Section):
     use_tpe: bool = True
     use_spe: bool = True
     use_context: bool = True
+    prior_input: bool = Field(
+        True,
+        description="the backbone also sees the previous stage's endpoint z_{k-1} as an input channel (zero at "
+        "stage 0). The paper feeds the prior only to the per-pixel fusion MLP after the backbone; with it also "
+        "at the input the backbone can use the coarse traffic spatially (measured in docs/results; false = paper)",
+    )
     dropout: float = Field(0.0, ge=0, lt=1)
     trainable: Literal["all", "transfer"] = Field(
         "all",

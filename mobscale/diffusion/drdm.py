@@ -320,6 +320,11 @@ class DRDM:
             if bool((stage > 0).any()):
                 raise ValueError("estimate_eps: items beyond stage 0 need the coarser stage z for the prior")
             return net(None)
+        if isinstance(cond, dict):
+            # the previous stage's endpoint as an input the backbone may use (models with prior_input); zero at
+            # stage 0. Absent with fusion=none, so the w/o-PN ablation cuts every link between stages.
+            has = (stage > 0).view((-1,) + (1,) * (x_n.ndim - 1))
+            cond = {**cond, "prior_z": torch.where(has, z, torch.zeros_like(z))}
         eps_prior, P = self.prior_terms(x_n, z, n, stage)
         if fusion == "mlp":
             return net(eps_prior)

@@ -130,6 +130,7 @@ class ZoomDiffDenoiser(nn.Module):
             "stage_block", torch.tensor([TEMPORAL_RESOLUTIONS[r] // TEMPORAL_RESOLUTIONS["1h"] for _, r in stages]), persistent=False
         )
         self.inp = nn.Linear(1, W)
+        self.prior_inp = nn.Linear(1, W) if cfg.prior_input else None
         self.context = ContextEncoder(cfg.context_dim, n_aoi, n_house_road, n_poi) if cfg.use_context else None
         self.context_proj = nn.Linear(cfg.context_dim, W) if cfg.use_context else None
         self.pe = SpatioTemporalPE(W, patch, len(levels), cfg.tpe_dim, cfg.spe_dim, cfg.use_tpe, cfg.use_spe) if (cfg.use_tpe or cfg.use_spe) else None
@@ -179,6 +180,8 @@ class ZoomDiffDenoiser(nn.Module):
             raise ValueError(f"stage index outside [0, {self.K})")
         e = self.embed_step(n, stage)
         h = self.inp(x.unsqueeze(-1)) + self.conditions(cond, stage, (B, L, P, P))
+        if self.prior_inp is not None and cond.get("prior_z") is not None:
+            h = h + self.prior_inp(cond["prior_z"].to(h.dtype).unsqueeze(-1))
         h = h.reshape(B, L, P * P, -1)
         for blk in self.blocks:
             h = blk(h, e)
