@@ -16,7 +16,8 @@ Protocol (the same for every table, stated in each Markdown header):
   sampled once (seed 0) with the same sampler settings, and scored with ``mobscale.eval.traffic_metrics``;
 * references beside every model: ``context_profile`` (per AoI and hour-of-week traffic per person x population,
   + noise; fitted on the training district), the same without noise (its mean), and all-zeros.
-Runs are cached under ``OUT/runs``: re-running a table reuses trained models (delete the folder to retrain).
+Trained models and generated stores are cached under ``--work`` (default runs/tables): re-running a table reuses
+them (delete the folder to retrain). Markdown and JSON go to ``--out`` (default results/).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def city(args, name: str = "city", seed: int | None = None, **over) -> Path:
         return Path(args.data)
     from mobscale.data.synthetic import synth_city
 
-    p = Path(args.out) / "data" / f"{name}.zarr"
+    p = Path(args.work) / "data" / f"{name}.zarr"
     if not is_store(p):
         p.parent.mkdir(parents=True, exist_ok=True)
         h, w = map(int, args.size.split("x"))
@@ -64,10 +65,13 @@ def city(args, name: str = "city", seed: int | None = None, **over) -> Path:
 def train(args, table: str, name: str, config: str, store: Path, sets: list[str] | None = None, init_from: Path | None = None) -> Path:
     from mobscale.train.loop import train_local
 
-    run = Path(args.out) / "runs" / table / name
+    run = Path(args.work) / f"{table}{args.tag}" / "runs" / name
     export = run / "export" / "model.pt"
     base = [f"data.store={store}", f"train.steps={args.steps}", "train.log_every=50", f"train.checkpoint_every={max(50, args.steps // 2)}"]
-    cfg = load(REPO / "configs" / config, base + list(sets or []))
+    common = list(args.set)
+    if "profile" in config or "historical" in config:  # statistical references have no network or diffusion
+        common = [x for x in common if not x.startswith(("model.", "diffusion.", "train."))]
+    cfg = load(REPO / "configs" / config, base + common + list(sets or []))
     if export.exists():
         return run / "export"
     run.mkdir(parents=True, exist_ok=True)
@@ -83,29 +87,40 @@ def sample(args, export: Path, context: Path, out: Path, **kw) -> dict:
     if (out / "zarr.json").exists():
         rep = json.loads(Path(str(out) + ".sampling").joinpath("reconcile.json").read_text())
         return rep
-    spec = SampleSpec(export=str(export), context=str(context), out=str(out), seed=0, steps_per_stage=args.steps_per_stage,
-                      overlap=4, batch_size=16, **kw)
+    from mobscale.model.export import load_export
+
+    own = load_export(export).config.sample  # each model samples with its own configured sampler unless overridden
+    sps = own.steps_per_stage if args.steps_per_stage is None else args.steps_per_stage
+    spec = SampleSpec(export=str(export), context=str(context), out=str(out), seed=0, steps_per_stage=sps,
+                      eta=own.eta, overlap=own.overlap, batch_size=16, **kw)
     return sample_city(spec, progress=False)
 
 
-def test_region(store: Path, config: str) -> tuple[slice, slice]:
-    """The held-out band of the configured window split (rows of patches from the south edge)."""
+def test_region(args, store: Path, config: str) -> tuple[slice, slice, slice]:
+    """(rows, columns, hours) of the held-out test split of the configured windows: the southern band of patch
+    rows (split_by=band: the whole period), or the last days over the whole city (split_by=time)."""
     from mobscale.data.windows import CityWindows
 
-    cfg = load(REPO / "configs" / config, [f"data.store={store}"])
+    cfg = load(REPO / "configs" / config, [f"data.store={store}", *args.set])
     w = CityWindows(store, cfg.data.windows, "test", [("grid50", "1h")])
-    ys = sorted({y for y, _ in w.test_region()["patches"]})
+    reg = w.test_region()
     P = cfg.data.windows.patch
-    return slice(min(ys), max(ys) + P), slice(0, w.arr.W)
+    if cfg.data.windows.split_by == "time":
+        return slice(0, w.arr.H), slice(0, w.arr.W), slice(*reg["hours"])
+    if cfg.data.windows.split_by != "band":
+        raise SystemExit("the table driver scores a contiguous held-out region: use data.windows.split_by=band or time")
+    ys = sorted({y for y, _ in reg["patches"]})
+    return slice(min(ys), max(ys) + P), slice(0, w.arr.W), slice(*reg["hours"])
 
 
 def score(real: Path, synth: Path | xr.Dataset, region, levels=("bs", "cell", "grid100", "grid50"), resolutions=("1h",)) -> dict:
     from mobscale.eval import traffic_metrics
 
-    r = pyramid.region_subset(open_city(real), *region)
+    ys, xs, ts = region
     s = synth if isinstance(synth, xr.Dataset) else open_city(synth)
-    s = pyramid.region_subset(s, *region)
-    r = r.isel(time=slice(0, s.sizes["time"]))
+    ts = slice(ts.start, min(ts.stop, s.sizes["time"]))
+    r = pyramid.region_subset(open_city(real), ys, xs).isel(time=ts)
+    s = pyramid.region_subset(s, ys, xs).isel(time=ts)
     ds = traffic_metrics(r, s, levels=list(levels), resolutions=list(resolutions))
     out = {}
     for lvl in levels:
@@ -166,15 +181,16 @@ def markdown(title: str, header: str, rows: dict[str, dict], cols: list[tuple[st
 def write(args, table: str, md: str, raw: dict) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"zoomdiff_{table}.md").write_text(md)
-    (out / f"zoomdiff_{table}.json").write_text(json.dumps(raw, indent=2, default=str))
+    (out / f"zoomdiff_{table}{args.tag}.md").write_text(md)
+    (out / f"zoomdiff_{table}{args.tag}.json").write_text(json.dumps(raw, indent=2, default=str))
     print(md)
 
 
 def protocol(args, store: Path) -> str:
     return (f"Data: `{store}` ({'synthetic city ' + args.size + ', ' + str(args.days) + ' days, seed ' + str(args.city_seed) if args.data == 'synthetic' else 'real store'}); "
-            f"test = held-out southern band (split_by=band, 25 %), all hours; {args.steps} training steps per model, batch 8; "
-            f"sampling: 1 sample, seed 0, {args.steps_per_stage or 'all'} steps per stage (DDIM when set). "
+            f"test split: {'the last days, all places (split_by=time)' if any('split_by=time' in x for x in args.set) else 'held-out southern band of patches, all hours (split_by=band)'}; "
+            f"{args.steps} training steps per model; overrides {args.set or 'none'}; "
+            f"sampling: 1 sample, seed 0, each model's configured sampler{'' if args.steps_per_stage is None else f' overridden to {args.steps_per_stage} DDIM steps per stage'}. "
             f"MAE/RMSE/spRMSE in MB per unit per hour; PSNR with L = max of the real data of that level. "
             f"Command: `python jobs/zoomdiff_tables.py {args.table} {' '.join(sys.argv[2:])}`. Lower is better except PSNR; best in bold.")
 
@@ -185,9 +201,13 @@ REFERENCES = [("context_profile", "context-profile-demo.yaml", []),
 
 def references(args, table: str, store: Path, region) -> dict:
     rows = {}
-    for name, cfgp, sets in REFERENCES:
+    ds = open_city(store)
+    refs = list(REFERENCES) if "population" in ds else []  # the context profile needs population
+    if any(x.startswith("data.windows.split_by=time") for x in args.set):  # same places in training: history exists
+        refs.append(("historical profile", "historical-demo.yaml", []))
+    for name, cfgp, sets in refs:
         exp = train(args, table, name.replace(" ", "_").replace("(", "").replace(")", "").replace(",", ""), cfgp, store, sets)
-        gen = Path(args.out) / "gen" / table / f"{exp.parent.name}.zarr"
+        gen = Path(args.work) / "gen" / f"{args.tag}" / table / f"{exp.parent.name}.zarr"
         gen.parent.mkdir(parents=True, exist_ok=True)
         sample(args, exp, store, gen)
         rows[name] = score(store, gen, region)
@@ -201,11 +221,11 @@ def references(args, table: str, store: Path, region) -> dict:
 
 def table1(args) -> None:
     store = city(args)
-    region = test_region(store, "demo.yaml")
+    region = test_region(args, store, "demo.yaml")
     rows, raw = {}, {}
     for name, cfgp in (("ZoomDiff", "demo.yaml"), ("CSDI-style", "csdi-demo.yaml"), ("DiT-style", "dit-demo.yaml")):
         exp = train(args, "table1", name, cfgp, store)
-        gen = Path(args.out) / "gen" / "table1" / f"{name}.zarr"
+        gen = Path(args.work) / "gen" / f"{args.tag}" / "table1" / f"{name}.zarr"
         gen.parent.mkdir(parents=True, exist_ok=True)
         raw[name] = {"sample": sample(args, exp, store, gen)}
         rows[name] = score(store, gen, region)
@@ -221,7 +241,7 @@ def _stage_rows(args, table: str, variants: list[tuple[str, list[str]]], store: 
     rows, cols = {}, []
     for name, sets in variants:
         exp = train(args, table, name.replace(",", "").replace(" ", "_"), config, store, sets)
-        gen = Path(args.out) / "gen" / table / f"{exp.parent.name}.zarr"
+        gen = Path(args.work) / "gen" / f"{args.tag}" / table / f"{exp.parent.name}.zarr"
         gen.parent.mkdir(parents=True, exist_ok=True)
         rep = sample(args, exp, store, gen, reconcile=False)
         st = open_city(gen, group=schema.STAGES_GROUP)
@@ -239,7 +259,7 @@ def _stage_rows(args, table: str, variants: list[tuple[str, list[str]]], store: 
 
 def table3(args) -> None:
     store = city(args)
-    region = test_region(store, "demo.yaml")
+    region = test_region(args, store, "demo.yaml")
     variants = [(f"{n}, {a}, {d}", [f"diffusion.noise={n}", f"diffusion.adding={a}", f"diffusion.denoising={d}"])
                 for n, a, d in (("CN", "CA", "CD"), ("CN", "CA", "SD"), ("CN", "SA", "SD"), ("SN", "SA", "CD"), ("SN", "SA", "SD"))]
     rows, cols = _stage_rows(args, "table3", variants, store, region)
@@ -249,7 +269,7 @@ def table3(args) -> None:
 
 def table4(args) -> None:
     store = city(args)
-    region = test_region(store, "demo.yaml")
+    region = test_region(args, store, "demo.yaml")
     s3t2 = ["diffusion.spatial=[bs,cell,grid100]", "diffusion.temporal=[2h,1h]"]
     variants = [(n, s3t2 + [f"diffusion.rgp={r}"]) for n, r in (("Uniform", "uniform"), ("Coarse Gr.", "coarse_greedy"), ("Fine Gr.", "fine_greedy"))]
     rows, cols = _stage_rows(args, "table4", variants, store, region)
@@ -259,10 +279,10 @@ def table4(args) -> None:
 
 def table6(args) -> None:
     store = city(args)
-    region = test_region(store, "demo.yaml")
+    region = test_region(args, store, "demo.yaml")
     rows = {}
     exp = train(args, "table1", "ZoomDiff", "demo.yaml", store)  # the generation model, refined zero-shot
-    gen = Path(args.out) / "gen" / "table6" / "zoomdiff_zero_shot.zarr"
+    gen = Path(args.work) / "gen" / f"{args.tag}" / "table6" / "zoomdiff_zero_shot.zarr"
     gen.parent.mkdir(parents=True, exist_ok=True)
     sample(args, exp, store, gen, refine_level="bs")
     rows["ZoomDiff (zero-shot, from the S4T4 model)"] = score(store, gen, region)
@@ -283,11 +303,11 @@ def table6(args) -> None:
 def table7(args) -> None:
     a = city(args, "cityA", seed=args.city_seed)
     b = city(args, "cityB", seed=args.city_seed + 100, pixels_per_bs=45.0, event_rate=0.03)
-    region = test_region(b, "demo.yaml")
+    region = test_region(args, b, "demo.yaml")
     rows = {}
     for model, cfgp in (("ZoomDiff", "demo.yaml"), ("CSDI-style", "csdi-demo.yaml")):
         eb = train(args, "table7", f"{model}_B", cfgp, b)
-        g = Path(args.out) / "gen" / "table7" / f"{model}_B.zarr"
+        g = Path(args.work) / "gen" / f"{args.tag}" / "table7" / f"{model}_B.zarr"
         g.parent.mkdir(parents=True, exist_ok=True)
         sample(args, eb, b, g)
         rows[f"{model}: trained on B"] = score(b, g, region)
@@ -321,7 +341,7 @@ def efficiency(args) -> None:
         n_par = sum(v.numel() for v in e.state_dict.values())
         met = [json.loads(l) for l in (exp.parent / "metrics.jsonl").read_text().splitlines() if l.strip()]
         wall = json.loads((exp.parent / "wall.json").read_text())["train_wall_s"] if (exp.parent / "wall.json").exists() else float("nan")
-        out = Path(args.out) / "gen" / "efficiency" / f"{name}.zarr"
+        out = Path(args.work) / "gen" / f"{args.tag}" / "efficiency" / f"{name}.zarr"
         out.parent.mkdir(parents=True, exist_ok=True)
         import shutil
 
@@ -348,8 +368,11 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=7)
     ap.add_argument("--city-seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--steps-per-stage", type=int, default=10)
+    ap.add_argument("--steps-per-stage", type=int, default=None, help="override every model's sampler steps (default: each config's)")
     ap.add_argument("--out", default=str(REPO / "results"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides for every model (e.g. data.windows.patch=8)")
+    ap.add_argument("--work", default=str(REPO / "runs" / "tables"), help="trained models and generated stores (cached)")
+    ap.add_argument("--tag", default="", help="suffix of the result files (e.g. _mobilebj)")
     args = ap.parse_args()
     setup_logging()
     os.environ.setdefault("OMP_NUM_THREADS", "2")
