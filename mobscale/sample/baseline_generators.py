@@ -19,20 +19,9 @@ import torch
 from mobscale.errors import CheckpointError, ConfigError
 from mobscale.log import get_logger
 from mobscale.model.export import Export
+from mobscale.sample.generators import to_device
 
 log = get_logger(__name__)
-
-
-def _to(batch: dict, dev: torch.device) -> dict:
-    out = {}
-    for k, v in batch.items():
-        if isinstance(v, dict):
-            out[k] = _to(v, dev)
-        elif torch.is_tensor(v):
-            out[k] = v.to(dev)
-        else:
-            out[k] = v
-    return out
 
 
 def _window(info: dict, path_hint: str) -> tuple[int, int]:
@@ -73,7 +62,7 @@ class DiffusionBaselineGenerator:
     def generate(self, batch: dict, generators: list[torch.Generator], steps_per_stage: int | None = None,
                  eta: float = 0.0, refine: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
         """(B, K, L, P, P) linear densities; see the module docstring."""
-        cond = _to(batch, self.device)
+        cond = to_device(batch, self.device)
         B = cond["hour"].shape[0]
         shape = (B, self.hours, self.patch, self.patch)
         if self.cond_level is None:
@@ -135,7 +124,7 @@ class StatisticalGenerator:
         """(B, 4, L, P, P) linear densities. ``steps_per_stage`` and ``eta`` do not apply (no sampler chain)."""
         from mobscale.model.statistical import stage_stack
 
-        batch = _to(batch, self.device)
+        batch = to_device(batch, self.device)
         units = batch["units"]
         if refine is None:
             fine = self.model.generate(batch, generators, self.norm)

@@ -82,7 +82,7 @@ class ZoomDiffGenerator:
     @torch.no_grad()
     def generate(self, batch, generators, steps_per_stage=None, eta=0.0, refine=None):
         dev = self.device
-        cond = _to(batch, dev)
+        cond = to_device(batch, dev)
         units = cond["units"]
         B = units.shape[0]
         shape = (B, self.hours, self.patch, self.patch)
@@ -98,11 +98,12 @@ class ZoomDiffGenerator:
         return out.cpu()
 
 
-def _to(batch: dict, dev: torch.device) -> dict:
+def to_device(batch: dict, dev: torch.device) -> dict:
+    """A (nested) batch dict with every tensor moved to ``dev``."""
     out = {}
     for k, v in batch.items():
         if isinstance(v, dict):
-            out[k] = _to(v, dev)
+            out[k] = to_device(v, dev)
         elif torch.is_tensor(v):
             out[k] = v.to(dev)
         else:
