@@ -21,5 +21,5 @@ if [ -f ci/start_slurm.sh ] && command -v slurmctld >/dev/null; then
   trap 'bash ci/stop_slurm.sh "$SL" >/dev/null 2>&1 || true' EXIT
   export SLURM_CONF="$SL/slurm.conf"
 fi
-lint-imports --config pyproject.toml
+lint-imports pyproject.toml
 python -m pytest -q -p no:cacheprovider tests "$@"

@@ -14,9 +14,15 @@ as many users as there are held-out test users (x ``--oversample``), and is scor
 Rows: MSTDiff; the paper's ablation "w/o Traj" (traffic only) and trajectory-only; the fixes of the public code
 undone one at a time (reference posterior, probability-row input, fine-tuned VQ-VAE, no CE term, band-ordered
 output, sampled last step: the latter reuses the full model) and all together ("public code", which also uses
-the raw 0.01 -> 0.1 rate schedule without teleport); baselines: first-order Markov chain and EPR (trajectories), per-slot
-empirical resampling of the training users (traffic: right marginals, no temporal correlation); and "train users"
-(the training users themselves scored against the test users: the sampling-noise floor of each metric).
+the raw 0.01 -> 0.1 rate schedule without teleport); baselines: the CSDI-style traffic baseline of the paper's
+Table I (variant ``csdi``: ``model.kind=csdi_users`` from ``--csdi-config``, default configs/csdi-users-demo.yaml;
+a single-resolution DDPM on the normalised half-hourly series, CSDI's residual network with its time
+transformer, 50 steps, quadratic betas 1e-4 -> 0.5; the same users block, hence the same held-out users, which
+is checked, and the same log1p + standardisation fitted on the training users; same training steps), first-order
+Markov chain and EPR (trajectories), per-slot empirical resampling of the training users (traffic: right
+marginals, no temporal correlation); and "train users" (the training users themselves scored against the test
+users: the sampling-noise floor of each metric). ``--set`` overrides reach the CSDI run too, except ``model.*``
+and ``diffusion.*`` keys (MSTDiff's), ``model.users.*`` excepted (both models share that block).
 
 Real trajectories (``--geolife``, default ../shared/data/trajectories/movesim_geolife when present): MoveSim's
 discretised GeoLife user-days (48 half-hours), ``--geolife-rows`` rows of real.data and as many of test.data drawn
@@ -29,7 +35,11 @@ on CPU.
 Usage::
 
     python jobs/mstdiff_tables.py --out OUT [--config configs/mstdiff-demo.yaml] [--steps 1500] [--set k=v ...]
-           [--variants full,wo_traj,...] [--geolife PATH | --no-geolife] [--geolife-rows 400]
+           [--variants full,wo_traj,...,csdi] [--csdi-config configs/csdi-users-demo.yaml]
+           [--geolife PATH | --no-geolife] [--geolife-rows 400]
+
+The tables in results/mstdiff_tables.md were made with ``OMP_NUM_THREADS=1 python jobs/mstdiff_tables.py --out OUT``
+(every default: the synthetic demo city, 400 + 400 GeoLife rows; 45 min on 2 CPU cores shared with another job).
 
 Writes OUT/tables.md and OUT/tables.json (numbers, settings, timings); runs live in OUT/runs/<variant>.
 Re-running resumes finished runs from their exports.
@@ -50,6 +60,7 @@ import torch
 import xarray as xr
 
 from mobscale.config import load
+from mobscale.errors import ConfigError
 from mobscale.data import schema
 from mobscale.data.store import is_store, open_city, write_city
 from mobscale.eval.trajectories import TRAJECTORY_METRICS, read_gps, read_movesim, split_days, trajectory_metrics
@@ -58,12 +69,13 @@ from mobscale.log import get_logger, setup_logging
 from mobscale.model.mobility_baselines import EPRMobility, MarkovChainMobility
 from mobscale.sample.users import sample_users
 from mobscale.train.loop import train_local
-from mobscale.train.mstdiff_task import DATA_FILE, MSTDiffTask, bs_coords_km
+from mobscale.train.mstdiff_task import CSDI_USERS_DATA_FILE, DATA_FILE, MSTDiffTask, bs_coords_km
 
 log = get_logger("jobs.mstdiff_tables")
 
 REPO = Path(__file__).resolve().parents[1]
 GEOLIFE = REPO / ".." / "shared" / "data" / "trajectories" / "movesim_geolife"
+CSDI_CONFIG = REPO / "configs" / "csdi-users-demo.yaml"
 
 #: variant -> config overrides (dotted keys)
 VARIANTS: dict[str, dict] = {
@@ -88,7 +100,10 @@ LABELS = {
     "no_ce": "+ no CE term", "band_order": "+ band-ordered output", "sampled_last": "+ sampled last step",
     "public_code": "public code (all of the above)",
     "markov": "Markov chain", "epr": "EPR", "slot_resample": "per-slot empirical resampling", "train_users": "train users (noise floor)",
+    "csdi": "CSDI-style (single resolution, DDPM on the half-hourly series)",
 }
+#: variants that are other model kinds, with their own config (not MSTDiff overrides)
+BASELINE_VARIANTS = ("csdi",)
 
 
 def _sets(d: dict) -> list[str]:
@@ -120,6 +135,28 @@ def run_variant(config: Path, sets: list[str], name: str, over: dict, runs: Path
                     shutil.copy2(src, run / DATA_FILE)  # same data settings: skip TuckER + VQ-VAE pretraining
         train_local(cfg, run)
     return run / "export", cfg, time.perf_counter() - t0
+
+
+def csdi_sets(sets: list[str]) -> list[str]:
+    """The ``--set`` overrides that also apply to the CSDI run: all but MSTDiff's model.* / diffusion.* keys
+    (``model.users.*`` is shared)."""
+    def applies(kv: str) -> bool:
+        key = kv.split("=", 1)[0].strip()
+        return key.startswith("model.users.") or not key.startswith(("model.", "diffusion."))
+
+    return [kv for kv in sets if applies(kv)]
+
+
+def run_csdi(config: Path, sets: list[str], runs: Path):
+    """Train (or reuse) the CSDI-style users baseline. Returns (export path, prepared data, seconds)."""
+    cfg = load(config, csdi_sets(sets))
+    if cfg.model.kind != "csdi_users":
+        raise ConfigError(f"--csdi-config {config}: model.kind={cfg.model.kind}, expected csdi_users")
+    run = runs / "csdi"
+    t0 = time.perf_counter()
+    if not (run / "export" / "model.pt").exists():
+        train_local(cfg, run)
+    return run / "export", torch.load(run / CSDI_USERS_DATA_FILE, weights_only=True), time.perf_counter() - t0
 
 
 def traffic_row(real: np.ndarray, gen: np.ndarray) -> dict:
@@ -159,8 +196,9 @@ def synthetic_tables(args, out: Path) -> dict:
     sets = list(args.set) + [f"data.store={store}"] + ([f"train.steps={args.steps}"] if args.steps else [])
     steps = load(args.config, sets).train.steps
     results: dict = {"traffic": {}, "trajectories": {}, "timing_s": {}, "settings": {"config": str(args.config), "steps": steps, "store": str(store)}}
+    results["settings"]["csdi_config"] = str(args.csdi_config) if "csdi" in args.variants else None
     real: dict = {}
-    for name in args.variants:
+    for name in [v for v in args.variants if v in VARIANTS]:
         export, cfg, dt = run_variant(args.config, sets, name, VARIANTS[name], runs)
         prep = torch.load(export.parent / DATA_FILE, weights_only=True)
         if "traffic_test" in prep and "traffic" not in real:
@@ -178,6 +216,20 @@ def synthetic_tables(args, out: Path) -> dict:
         if "trajectory" in gen:
             results["trajectories"][name] = trajectory_row(real["trajectory"], gen["trajectory"].values, _latlon(store))
         log.info("%s: %s", name, {k: results[k].get(name) for k in ("traffic", "trajectories")})
+    # the CSDI-style traffic baseline: same users block, so the same held-out users (checked)
+    if "csdi" in args.variants:
+        export, prep, dt = run_csdi(args.csdi_config, sets, runs)
+        results["settings"]["csdi_steps"] = load(args.csdi_config, csdi_sets(sets)).train.steps
+        if "traffic" not in real:
+            real["traffic"] = prep["traffic_test"].numpy()
+            real["traffic_train"] = _train_volumes(prep, None)
+        elif not np.array_equal(prep["traffic_test"].numpy(), real["traffic"]):
+            raise ConfigError(f"{args.csdi_config}: its held-out users differ from MSTDiff's; use the same model.users block in both configs")
+        t0 = time.perf_counter()
+        gen = sample_users(export, real["traffic"].shape[0] * args.oversample, seed=args.seed, progress=False)
+        results["timing_s"]["csdi"] = {"train": round(dt, 1), "sample": round(time.perf_counter() - t0, 1)}
+        results["traffic"]["csdi"] = traffic_row(real["traffic"], gen["traffic"].values)
+        log.info("csdi: %s", results["traffic"]["csdi"])
     # baselines, fitted on the same training users
     coords = _latlon(store)
     if "trajectory" in real:
@@ -200,12 +252,16 @@ def _latlon(store: Path) -> np.ndarray:
 
 
 def _train_volumes(prep: dict, cfg) -> np.ndarray:
-    """Training users' volumes (the prepared data keeps their wavelet coefficients; invert DWT and transform)."""
+    """Training users' volumes: the prepared data keeps them normalised (CSDI: ``x_train``) or as wavelet
+    coefficients (MSTDiff: ``w_train``, inverted with ``cfg``'s layout); invert the transform."""
     from mobscale.data.wavelets import BandLayout, TrafficTransform, idwt
 
-    m = cfg.model
     tf = TrafficTransform.from_state({k: (v.numpy() if torch.is_tensor(v) else v) for k, v in prep["traffic_state"].items()})
-    z = idwt(prep["w_train"].numpy().astype(np.float64), BandLayout(m.users.seq_len, m.wavelet, m.wavelet_level))
+    if "x_train" in prep:
+        z = prep["x_train"].numpy().astype(np.float64)
+    else:
+        m = cfg.model
+        z = idwt(prep["w_train"].numpy().astype(np.float64), BandLayout(m.users.seq_len, m.wavelet, m.wavelet_level))
     if tf.kind == "log1p":
         return np.clip(np.expm1(z * tf.sigma + tf.mu), 0, None)
     return tf.inverse(z, np.random.default_rng(0))
@@ -281,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "mstdiff-demo.yaml")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides for every variant")
     ap.add_argument("--steps", type=int, default=None, help="training steps per variant (default: the config's)")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
+    known = (*VARIANTS, *BASELINE_VARIANTS)
+    ap.add_argument("--variants", default=",".join(known), help=f"comma-separated subset of {','.join(known)}")
+    ap.add_argument("--csdi-config", type=Path, default=CSDI_CONFIG, help="run config of the CSDI-style users baseline (variant csdi)")
     ap.add_argument("--oversample", type=int, default=1, help="generated users per held-out test user")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--geolife", type=Path, default=GEOLIFE)
@@ -289,9 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--geolife-rows", type=int, default=400)
     args = ap.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in args.variants if v not in VARIANTS]
+    unknown = [v for v in args.variants if v not in known]
     if unknown:
-        ap.error(f"unknown variants {unknown} (known: {', '.join(VARIANTS)})")
+        ap.error(f"unknown variants {unknown} (known: {', '.join(known)})")
     setup_logging()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -302,8 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     elif not args.no_geolife:
         log.warning("%s not found: skipping the real-trajectory table", args.geolife)
     res["wall_s"] = round(time.perf_counter() - t0, 1)
+    st = res["synthetic"]["settings"]
+    csdi = (f" CSDI-style row: {st['csdi_config']}, {st['csdi_steps']} training steps, same held-out users."
+            if st.get("csdi_steps") is not None else "")
     md = ["# MSTDiff tables on mobscale data", "",
-          f"Config {args.config}, {res['synthetic']['settings']['steps']} training steps per variant, seed {args.seed}. "
+          f"Config {args.config}, {st['steps']} training steps per variant, seed {args.seed}.{csdi} "
           "JSD = Jensen-Shannon divergence in nats on bins shared by real and generated data; lower is better.", "",
           markdown("Table I: traffic (synthetic city, held-out users)", res["synthetic"]["traffic"], USER_TRAFFIC_METRICS),
           markdown("Table II: trajectories (synthetic city, held-out users, clean mode)", res["synthetic"]["trajectories"], TRAJECTORY_METRICS)]

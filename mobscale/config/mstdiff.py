@@ -16,6 +16,11 @@ Switches that reproduce the public code's choices (for ablations; the defaults a
 
 Ablations of the paper: ``model.use_trajectory=False`` (traffic only, "w/o Traj"), ``model.use_traffic=False``
 (trajectory only).
+
+Table I's single-resolution traffic baseline is its own model kind, ``csdi_users``
+(:class:`CSDIUsersModelConfig`, diffusion ``kind: gaussian``): plain DDPM on the normalised half-hourly series
+(no wavelets, no VQ-VAE, no trajectories), a CSDI-style denoiser, the same ``model.users`` block (so the same
+windows, user split and traffic normalisation as MSTDiff). See ``configs/csdi-users-demo.yaml``.
 """
 
 from __future__ import annotations
@@ -125,4 +130,37 @@ class MSTDiffModelConfig(Section):
             raise ValueError(f"model.width={self.width} must be divisible by model.heads={self.heads}")
         if self.users.seq_len % (2**self.wavelet_level):
             raise ValueError(f"model.users.seq_len={self.users.seq_len} must be divisible by 2**wavelet_level={2**self.wavelet_level}")
+        return self
+
+
+class CSDIUsersModelConfig(Section):
+    """CSDI-style per-user traffic baseline (MSTDiff Table I): one series of ``users.seq_len`` steps per sample.
+
+    CSDI's residual network with K = 1 feature: per block the step embedding is added, one transformer layer runs
+    over time (the feature transformer has a single token per step and vanishes), then the gated activation
+    with the side information and the residual / skip split. Defaults are CSDI's (64 channels, 4 blocks, 8 heads,
+    feed-forward 64, 128-d step and time embeddings). Runs on diffusion ``kind: gaussian`` (CSDI: 50 steps,
+    quadratic betas 1e-4 -> 0.5)."""
+
+    kind: Literal["csdi_users"] = "csdi_users"
+    width: int = Field(64, ge=8, description="channels of the residual stream (CSDI: 64)")
+    blocks: int = Field(4, ge=1, description="residual blocks (CSDI: 4)")
+    heads: int = Field(8, ge=1, description="attention heads of the time transformer (CSDI: 8)")
+    ff_dim: int = Field(64, ge=8, description="feed-forward size of the time transformer layer (CSDI: 64)")
+    step_dim: int = Field(128, ge=2, description="diffusion-step embedding size (CSDI: 128)")
+    tpe_dim: int = Field(128, ge=2, description="sinusoidal embedding size of the step position in the window (CSDI: 128)")
+    time_of_week: bool = Field(
+        True,
+        description="also give the side information the daily / weekly Fourier features of the time of week that "
+        "MSTDiff's denoiser receives (same conditioning for both; false = CSDI's position embedding only)",
+    )
+    users: MSTDiffUsersConfig = Field(default_factory=MSTDiffUsersConfig)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.width % self.heads:
+            raise ValueError(f"model.width={self.width} must be divisible by model.heads={self.heads}")
+        for name in ("step_dim", "tpe_dim"):
+            if getattr(self, name) % 2:
+                raise ValueError(f"model.{name}={getattr(self, name)} must be even (sine and cosine halves)")
         return self

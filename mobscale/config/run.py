@@ -16,13 +16,16 @@ from mobscale.config.baselines import (
     NoProcessConfig,
 )
 from mobscale.config.data import DataConfig
-from mobscale.config.mstdiff import MSTDiffDiffusionConfig, MSTDiffModelConfig
+from mobscale.config.mstdiff import CSDIUsersModelConfig, MSTDiffDiffusionConfig, MSTDiffModelConfig
 from mobscale.config.sample import SampleConfig
 from mobscale.config.train import DistributedConfig, TrainConfig
 from mobscale.config.zoomdiff import DRDMConfig, ZoomDiffModelConfig
 
 ModelConfig = Annotated[
-    Union[ZoomDiffModelConfig, CSDIModelConfig, DiTModelConfig, MSTDiffModelConfig, HistoricalModelConfig, ContextProfileModelConfig],
+    Union[
+        ZoomDiffModelConfig, CSDIModelConfig, DiTModelConfig, MSTDiffModelConfig, CSDIUsersModelConfig, HistoricalModelConfig,
+        ContextProfileModelConfig,
+    ],
     Field(discriminator="kind"),
 ]
 
@@ -38,6 +41,7 @@ PROCESS_OF_MODEL = {
     "csdi": "gaussian",
     "dit": "gaussian",
     "mstdiff": "mstdiff",
+    "csdi_users": "gaussian",  # MSTDiff Table I's per-user traffic baseline
     # the statistical references are fitted, not diffused
     "historical": "none",
     "context_profile": "none",

@@ -6,7 +6,8 @@ sibling and renamed into place when complete; an existing non-empty DIR is an er
 
 ``--train PATH`` adds a privacy audit (distance to the closest training record, mobscale.eval.privacy):
 traffic = per-(unit, day) hourly profiles of the coarsest evaluated level; users = per-user traffic series and
-per-user-day trajectories; trajectories = MoveSim rows (Hamming distance).
+per-user-day trajectories (those scored: `eval users` scores what both users groups hold, so trajectory-only
+imports and traffic-only generators are accepted); trajectories = MoveSim rows (Hamming distance).
 """
 
 from __future__ import annotations
@@ -182,6 +183,8 @@ def _trajectories(args, out: Path, console: Console) -> dict:
 
 
 def _users(args, out: Path, console: Console) -> dict:
+    """Per-user metrics of whatever both users groups hold (traffic and/or trajectories; the rest is listed under
+    "skipped"), the privacy audit of the scored variables the --train group also holds, and the report."""
     real_root, synth_root = open_city(args.real), open_city(args.synthetic)
     for p in (args.real, args.synthetic):
         if not has_group(p, schema.USERS_GROUP):
@@ -191,35 +194,49 @@ def _users(args, out: Path, console: Console) -> dict:
                                real_name=str(args.real), synth_name=str(args.synthetic), return_details=True)
     result = {"target": "users", "real": str(args.real), "synthetic": str(args.synthetic)} | m
     if args.train:
+        if not has_group(args.train, schema.USERS_GROUP):
+            raise StoreError(f"{args.train}: has no '{schema.USERS_GROUP}' group (needed by the users privacy audit)")
         train_u = open_users(args.train)
-        tr = np.asarray(train_u["traffic"].values, np.float64)
-        st = np.asarray(synth_u["traffic"].values, np.float64).reshape(-1, synth_u.sizes["time"])
-        per_day = details["real_trajectories"].shape[1]
-        result["privacy"] = {
-            "traffic": dcr_audit(tr, st, np.asarray(real_u["traffic"].values, np.float64), "euclidean")
-            | {"records": "per-user traffic series"},
-            "trajectories": dcr_audit(split_days(np.asarray(train_u["trajectory"].values), per_day),
-                                      np.concatenate(details["synth_trajectories"]), details["real_trajectories"], "hamming")
-            | {"records": "per-user-day trajectories (Hamming distance)"},
-        }
-    report.print_summary_table("users: traffic distributions", m["traffic"], console)
-    report.print_summary_table("users: trajectories (clean mode, JSD)", m["trajectories"], console)
+        privacy: dict = {}
+        for var in m["scored"]:
+            if var not in train_u.data_vars:
+                privacy.setdefault("skipped", {})[var] = f"absent from {args.train}/users"
+                log.warning("privacy audit: '%s' is absent from %s/users; not audited", var, args.train)
+            elif var == "traffic":
+                tr = np.asarray(train_u["traffic"].values, np.float64)
+                st = np.asarray(synth_u["traffic"].values, np.float64).reshape(-1, synth_u.sizes["time"])
+                privacy["traffic"] = dcr_audit(tr, st, np.asarray(real_u["traffic"].values, np.float64), "euclidean") | {
+                    "records": "per-user traffic series"}
+            else:
+                per_day = details["real_trajectories"].shape[1]
+                privacy["trajectories"] = dcr_audit(split_days(np.asarray(train_u["trajectory"].values), per_day),
+                                                    np.concatenate(details["synth_trajectories"]), details["real_trajectories"],
+                                                    "hamming") | {"records": "per-user-day trajectories (Hamming distance)"}
+        result["privacy"] = privacy
+    if "traffic" in m:
+        report.print_summary_table("users: traffic distributions", m["traffic"], console)
+    if "trajectories" in m:
+        report.print_summary_table("users: trajectories (clean mode, JSD)", m["trajectories"], console)
+    for var, why in m["skipped"].items():
+        console.print(f"users: '{var}' not scored ({why})")
     if not args.no_report:
         figs_dir = out / "figures"
         figs_dir.mkdir()
-        real_mean = real_u["traffic"].mean("user").compute()
-        synth_mean = synth_u["traffic"].mean("user").compute()
-        figs = [
-            ("per-user traffic", report.fig_user_traffic(details, real_mean, synth_mean, figs_dir / "user_traffic.png")),
-            ("trajectory statistics (user-days)", report.fig_trajectory_distributions(
+        figs, sections = [], []
+        if "traffic" in m:
+            real_mean = real_u["traffic"].mean("user").compute()
+            synth_mean = synth_u["traffic"].mean("user").compute()
+            figs.append(("per-user traffic", report.fig_user_traffic(details, real_mean, synth_mean, figs_dir / "user_traffic.png")))
+            sections.append(("User traffic", report.summary_table_html(m["traffic"])))
+        if "trajectories" in m:
+            figs.append(("trajectory statistics (user-days)", report.fig_trajectory_distributions(
                 details["real_trajectories"], details["synth_trajectories"], details["coords"], "clean",
-                figs_dir / "trajectories.png")),
-        ]
-        sections = [("User traffic", report.summary_table_html(m["traffic"])),
-                    ("Trajectories", report.summary_table_html(m["trajectories"]))]
-        report.write_html(out / "report.html", "mobscale evaluation: users",
-                          {"real": str(args.real), "synthetic": str(args.synthetic), "samples": m["n_samples"]},
-                          sections, figs, m["conventions"])
+                figs_dir / "trajectories.png")))
+            sections.append(("Trajectories", report.summary_table_html(m["trajectories"])))
+        meta = {"real": str(args.real), "synthetic": str(args.synthetic), "samples": m["n_samples"]}
+        if m["skipped"]:
+            meta["not scored"] = "; ".join(f"{v} ({why})" for v, why in m["skipped"].items())
+        report.write_html(out / "report.html", "mobscale evaluation: users", meta, sections, figs, m["conventions"])
     return result
 
 

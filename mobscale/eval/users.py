@@ -14,6 +14,12 @@ number blind to scale, so the default is ``"none"``).
 Trajectories (``users/trajectory (user, time)``, BS ids into the root ``bs``) are cut into user-days of 48 slots
 and scored with :func:`mobscale.eval.trajectories.trajectory_metrics` (clean mode by default), BS coordinates
 from the root's ``bs_lat`` / ``bs_lon``. A ``sample`` dim on the generated group is evaluated sample by sample.
+
+Either variable may be absent: trajectory-only groups (imported GeoLife / Foursquare / MoveSim stores, a
+trajectory-only MSTDiff) and traffic-only ones (MSTDiff "w/o Traj", the CSDI-style baseline). The variables
+present in BOTH groups are scored; one present on a single side is skipped with a warning and named under
+``"skipped"`` in the result; none in common is an error. The base stations must agree only when trajectories
+are scored.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ from mobscale.log import get_logger
 log = get_logger(__name__)
 
 USER_TRAFFIC_METRICS = ("jsd_volume", "jsd_diff", "periodic_rmse")
+#: per-user variables of a users group that `users_metrics` scores
+USER_VARIABLES = ("traffic", "trajectory")
 
 
 @dataclass
@@ -54,29 +62,44 @@ def _users_matrix(da: xr.DataArray, normalise: str) -> np.ndarray:
 
 
 def check_users(real: xr.Dataset, synth: xr.Dataset, real_root: xr.Dataset, synth_root: xr.Dataset, *,
-                real_name: str = "real", synth_name: str = "synthetic") -> None:
-    """Both users groups hold traffic and trajectory on the same time axis, over the same base stations."""
+                real_name: str = "real", synth_name: str = "synthetic") -> tuple[tuple[str, ...], dict[str, str]]:
+    """Which of ``USER_VARIABLES`` both users groups hold, checked: dims (user, time) (the generated group may
+    lead with ``sample``), non-empty, the same time axis, and (when trajectories are scored) the same base
+    stations. -> (variables to score, {skipped variable: why}). StoreError when they share none."""
+    have = {name: [v for v in USER_VARIABLES if v in ds.data_vars] for name, ds in ((real_name, real), (synth_name, synth))}
     for name, ds in ((real_name, real), (synth_name, synth)):
-        for var in ("traffic", "trajectory"):
-            if var not in ds.data_vars:
-                raise StoreError(f"{name}/users: no variable '{var}'")
+        for var in have[name]:
             want = ("user", "time")
             if ds[var].dims not in (want, ("sample", *want)) or (ds is real and ds[var].dims != want):
                 raise StoreError(f"{name}/users: {var} has dims {ds[var].dims}, expected {want}"
                                  + (" (or with a leading sample dim)" if ds is synth else ""))
         if ds.sizes.get("user", 0) == 0 or ds.sizes.get("time", 0) < 2:
             raise StoreError(f"{name}/users: empty (users={ds.sizes.get('user', 0)}, time steps={ds.sizes.get('time', 0)})")
+    scored = tuple(v for v in USER_VARIABLES if v in have[real_name] and v in have[synth_name])
+    if not scored:
+        raise StoreError(f"{synth_name}/users and {real_name}/users share no per-user variable to score "
+                         f"({real_name} has {have[real_name] or 'none'}, {synth_name} has {have[synth_name] or 'none'}; "
+                         f"expected one of {list(USER_VARIABLES)})")
+    skipped = {}
+    for v in USER_VARIABLES:
+        if v not in scored and (v in have[real_name] or v in have[synth_name]):
+            missing = synth_name if v in have[real_name] else real_name
+            skipped[v] = f"absent from {missing}/users"
+            log.warning("users: '%s' is %s: scoring %s only", v, skipped[v], ", ".join(scored))
     a, b = real["time"].values, synth["time"].values
     if a.shape != b.shape or not np.array_equal(a, b):
         raise StoreError(f"{synth_name}/users: time axis ({b.size} steps from {b[0]}) differs from {real_name}/users "
                          f"({a.size} steps from {a[0]})")
-    for c in ("bs", "bs_lat", "bs_lon"):
-        if c not in real_root.variables or c not in synth_root.variables:
-            raise StoreError(f"{real_name if c not in real_root.variables else synth_name}: no coordinate '{c}'")
-        if real_root[c].shape != synth_root[c].shape or not np.allclose(
-                np.asarray(real_root[c].values, np.float64), np.asarray(synth_root[c].values, np.float64)):
-            raise StoreError(f"{synth_name}: base stations ('{c}') differ from {real_name}'s: trajectories index "
-                             "different BS tables")
+    if "trajectory" in scored:
+        for c in ("bs", "bs_lat", "bs_lon"):
+            if c not in real_root.variables or c not in synth_root.variables:
+                raise StoreError(f"{real_name if c not in real_root.variables else synth_name}: no coordinate '{c}' "
+                                 "(needed to score trajectories)")
+            if real_root[c].shape != synth_root[c].shape or not np.allclose(
+                    np.asarray(real_root[c].values, np.float64), np.asarray(synth_root[c].values, np.float64)):
+                raise StoreError(f"{synth_name}: base stations ('{c}') differ from {real_name}'s: trajectories index "
+                                 "different BS tables")
+    return scored, skipped
 
 
 def _step_minutes(users: xr.Dataset) -> int:
@@ -157,43 +180,51 @@ def users_metrics(real_root: xr.Dataset, real_users: xr.Dataset, synth_root: xr.
                   bin_scale: str = "linear", normalise: str = "none", harmonics: int | None = None, workers: int = 1,
                   progress: bool = True, real_name: str = "real", synth_name: str = "synthetic",
                   return_details: bool = False):
-    """Traffic distribution metrics + trajectory metrics of the users groups -> JSON-ready dict::
+    """Traffic distribution metrics + trajectory metrics of the users groups, for the variables both hold
+    (:func:`check_users`) -> JSON-ready dict::
 
-        {"traffic": {metric: {mean, spread, per_sample}}, "trajectories": {metric: {...}}, "n_samples", "n_users",
-         "conventions"}
+        {"traffic": {metric: {mean, spread, per_sample}}   (when both groups hold traffic)
+         "trajectories": {metric: {...}}                   (when both hold trajectories)
+         "scored": [variables], "skipped": {variable: why}, "n_samples", "n_users", "conventions"}
 
-    ``return_details=True`` also returns the histograms and user-day trajectories (for the report).
+    ``return_details=True`` also returns the histograms and user-day trajectories of what was scored (for the
+    report).
     """
-    check_users(real_users, synth_users, real_root, synth_root, real_name=real_name, synth_name=synth_name)
+    scored, skipped = check_users(real_users, synth_users, real_root, synth_root, real_name=real_name, synth_name=synth_name)
     step = _step_minutes(real_users)
-    tvals, details = user_traffic_metrics(real_users["traffic"], synth_users["traffic"], step_minutes=step, jsd=jsd,
-                                          bins=bins, bin_scale=bin_scale, normalise=normalise, harmonics=harmonics,
-                                          workers=workers, progress=progress)
-    coords = np.stack([np.asarray(real_root["bs_lat"].values, np.float64), np.asarray(real_root["bs_lon"].values, np.float64)], axis=1)
     per_day = 1440 // step
-    real_days = split_days(np.asarray(real_users["trajectory"].values), per_day)
-    st = synth_users["trajectory"]
-    synth_list = [st.isel(sample=s).values for s in range(st.sizes["sample"])] if "sample" in st.dims else [st.values]
-    traj_vals = np.array([[trajectory_metrics(real_days, split_days(np.asarray(s), per_day), coords, traj_mode, jsd=jsd,
-                                              slot_minutes=step)[m] for m in TRAJECTORY_METRICS] for s in synth_list])
     conv = jsd_convention(jsd)
-    out = {
-        "traffic": _summary(tvals, USER_TRAFFIC_METRICS),
-        "trajectories": _summary(traj_vals, TRAJECTORY_METRICS),
-        "n_samples": len(synth_list),
-        "n_users": {"real": int(real_users.sizes["user"]), "synthetic": int(synth_users.sizes["user"])},
-        "conventions": {
-            "jsd": conv.as_dict() | {"description": conv.describe()},
+    sample_sizes = {int(synth_users[v].sizes.get("sample", 1)) for v in scored}
+    if len(sample_sizes) > 1:
+        raise StoreError(f"{synth_name}/users: traffic and trajectory have different numbers of samples {sorted(sample_sizes)}")
+    out: dict = {}
+    conventions: dict = {"jsd": conv.as_dict() | {"description": conv.describe()},
+                         "spread": "sample standard deviation over generated samples (ddof=1)"}
+    details: dict = {}
+    if "traffic" in scored:
+        tvals, details = user_traffic_metrics(real_users["traffic"], synth_users["traffic"], step_minutes=step, jsd=jsd,
+                                              bins=bins, bin_scale=bin_scale, normalise=normalise, harmonics=harmonics,
+                                              workers=workers, progress=progress)
+        out["traffic"] = _summary(tvals, USER_TRAFFIC_METRICS)
+        conventions |= {
             "traffic_bins": [{"volume": v.as_dict(), "diff": d.as_dict()} for v, d in details["bins"]],
             "normalise": normalise,
             "periodic_rmse": "RMSE between the daily periodic components of the mean user (unpaired)",
-            "trajectories": f"{traj_mode} mode on user-days of {per_day} slots of {step} min, BS coordinates from the root",
-            "spread": "sample standard deviation over generated samples (ddof=1)",
-        },
-    }
+        }
+    if "trajectory" in scored:
+        coords = np.stack([np.asarray(real_root["bs_lat"].values, np.float64), np.asarray(real_root["bs_lon"].values, np.float64)], axis=1)
+        real_days = split_days(np.asarray(real_users["trajectory"].values), per_day)
+        st = synth_users["trajectory"]
+        synth_list = [st.isel(sample=s).values for s in range(st.sizes["sample"])] if "sample" in st.dims else [st.values]
+        synth_days = [split_days(np.asarray(s), per_day) for s in synth_list]
+        traj_vals = np.array([[trajectory_metrics(real_days, d, coords, traj_mode, jsd=jsd, slot_minutes=step)[m]
+                               for m in TRAJECTORY_METRICS] for d in synth_days])
+        out["trajectories"] = _summary(traj_vals, TRAJECTORY_METRICS)
+        conventions["trajectories"] = f"{traj_mode} mode on user-days of {per_day} slots of {step} min, BS coordinates from the root"
+        details |= {"real_trajectories": real_days, "synth_trajectories": synth_days, "coords": coords}
+    out |= {"scored": list(scored), "skipped": skipped, "n_samples": sample_sizes.pop(),
+            "n_users": {"real": int(real_users.sizes["user"]), "synthetic": int(synth_users.sizes["user"])},
+            "conventions": conventions}
     if return_details:
-        details["real_trajectories"] = real_days
-        details["synth_trajectories"] = [split_days(np.asarray(s), per_day) for s in synth_list]
-        details["coords"] = coords
         return out, details
     return out

@@ -28,6 +28,7 @@ MODELS: dict[str, str] = {
     "csdi": "mobscale.model.csdi:build",
     "dit": "mobscale.model.dit:build",
     "mstdiff": "mobscale.model.mstdiff:build",
+    "csdi_users": "mobscale.model.csdi_users:build",  # reads "seq_len", "steps_per_day"
     # fitted statistics (unfitted until StatisticalModel.fit or load_state_dict)
     "historical": "mobscale.model.statistical:build",
     "context_profile": "mobscale.model.statistical:build",

@@ -51,9 +51,9 @@ def _print_report(rep: dict) -> None:
 
 def sample(args) -> int:
     export = load_export(args.checkpoint)
-    if export.kind == "mstdiff":
-        from mobscale.sample.users import sample_users_to_store
+    from mobscale.sample.users import USER_MODEL_KINDS, sample_users_to_store
 
+    if export.kind in USER_MODEL_KINDS:  # per-user models (MSTDiff, its CSDI-style baseline): a users group
         sample_users_to_store(export, args.context, args.out, n_users=args.users, seed=args.seed, overwrite=args.overwrite)
         print(f"wrote {args.out}")
         return 0

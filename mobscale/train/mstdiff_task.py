@@ -22,6 +22,13 @@ coefficients, ``l0`` (B, T) long location indices, ``offset`` (B,) long time-of-
 Export: ``normalisation()`` holds what sampling needs besides the weights (traffic transform, location
 vocabulary -> BS ids, neighbour table, resolved trajectory rates, BS coordinates, time axis);
 ``export_extra()["data_info"]`` shapes the network (:func:`mobscale.model.mstdiff.build`).
+
+:class:`CSDIUsersTask` (``model.kind = "csdi_users"``, Table I's single-resolution traffic baseline) shares
+steps 1 and 3 (:func:`split_user_windows`, the same ``model.users`` settings give the same held-out users, and
+the same :class:`~mobscale.data.wavelets.TrafficTransform` fitted on the training users), skips the wavelets,
+KG and VQ-VAE, and trains a CSDI-style denoiser (:mod:`mobscale.model.csdi_users`) with plain DDPM
+(:class:`~mobscale.diffusion.gaussian.GaussianDiffusion`) on the normalised series. Batches: ``x0`` (B, T)
+float32 normalised traffic, ``offset`` (B,) long. Prepared data: ``RUN/csdi_users_data.pt``.
 """
 
 from __future__ import annotations
@@ -38,9 +45,11 @@ import torch
 from mobscale.data import schema
 from mobscale.data.store import is_store, open_city, open_users
 from mobscale.data.wavelets import BandLayout, TrafficTransform, dwt
+from mobscale.diffusion.gaussian import GaussianDiffusion
 from mobscale.diffusion.mstdiff_process import MSTDiffProcess
 from mobscale.errors import CheckpointError, ConfigError, InputDataError, StoreError
 from mobscale.log import get_logger
+from mobscale.model.csdi_users import build as build_csdi_users
 from mobscale.model.kg_embed import bs_embeddings, knn_neighbours, train_tucker
 from mobscale.model.mstdiff import build
 from mobscale.model.vqvae import WaveletVQVAE, pretrain_vqvae
@@ -48,6 +57,7 @@ from mobscale.model.vqvae import WaveletVQVAE, pretrain_vqvae
 log = get_logger(__name__)
 
 DATA_FILE = "mstdiff_data.pt"
+CSDI_USERS_DATA_FILE = "csdi_users_data.pt"
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -152,6 +162,55 @@ def split_users(n_users: int, test_fraction: float, seed: int, max_users: int | 
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
+@dataclass
+class UserSplit:
+    """Windows of the training and the held-out users (disjoint user sets), and the user ids of each."""
+
+    train: UserWindows
+    test: UserWindows
+    n_users: int
+    train_users: np.ndarray
+    test_users: np.ndarray
+
+
+def split_user_windows(store: str | Path, users_cfg, *, traffic: bool, trajectory: bool) -> UserSplit:
+    """Cut the users group of ``store`` into windows (:func:`load_user_windows`) and split them by user
+    (:func:`split_users` with ``users_cfg``: a ``MSTDiffUsersConfig``). Every task that takes the same
+    ``model.users`` settings gets the same held-out users."""
+    win = load_user_windows(store, users_cfg.seq_len, traffic=traffic, trajectory=trajectory)
+    n_users = int(win.user.max()) + 1
+    tr_users, te_users = split_users(n_users, users_cfg.test_fraction, users_cfg.split_seed, users_cfg.max_users)
+    return UserSplit(win.take(np.isin(win.user, tr_users)), win.take(np.isin(win.user, te_users)), n_users, tr_users, te_users)
+
+
+def synthesize_if_needed(cfg, store: Path) -> None:
+    """Write the synthetic city ``cfg.data.synth`` to ``store`` when the run has no ``data.store`` and it is absent."""
+    if cfg.data.store is None and not is_store(store):
+        from mobscale.data.synthetic import synth_city
+
+        log.info("synthesizing city '%s' into %s", cfg.data.synth.city, store)
+        store.parent.mkdir(parents=True, exist_ok=True)
+        synth_city(cfg.data.synth, store)
+
+
+def read_prepared(path: Path) -> dict:
+    """A prepared-data file (tensors + strings), loaded with ``weights_only=True``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; Task.prepare(run_dir) must run before setup") from None
+    except Exception as e:  # torch raises pickle/zip errors of many types for damaged files
+        raise CheckpointError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
+
+
+def write_prepared(path: Path, state: dict) -> None:
+    """Write a prepared-data file atomically (temporary name, then rename); creates the run folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
 class _Windows(torch.utils.data.Dataset):
     """Map-style dataset of prepared windows; item i is a pure function of i."""
 
@@ -198,22 +257,14 @@ class MSTDiffTask:
         run_dir = Path(run_dir)
         path = run_dir / DATA_FILE
         store = self.store_path(run_dir)
-        if self.cfg.data.store is None and not is_store(store):
-            from mobscale.data.synthetic import synth_city
-
-            log.info("synthesizing city '%s' into %s", self.cfg.data.synth.city, store)
-            store.parent.mkdir(parents=True, exist_ok=True)
-            synth_city(self.cfg.data.synth, store)
+        synthesize_if_needed(self.cfg, store)
         if path.exists():
             meta = json.loads(self._read(path)["meta_json"])
             if meta["store"] != str(store.resolve()) or meta["fingerprint"] != self.fingerprint():
                 raise CheckpointError(f"{path}: prepared for another store or data/model settings ({meta['store']}); use a new run folder")
             log.info("reusing the prepared MSTDiff data of %s", path)
             return
-        state = self._prepare_arrays(store)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
+        write_prepared(path, self._prepare_arrays(store))
 
     def fingerprint(self) -> str:
         """Settings that change the prepared data (a resumed run must match them)."""
@@ -229,10 +280,8 @@ class MSTDiffTask:
     def _prepare_arrays(self, store: Path) -> dict:
         m, uc = self.cfg.model, self.cfg.model.users
         layout = self.layout
-        win = load_user_windows(store, uc.seq_len, traffic=m.use_traffic, trajectory=m.use_trajectory)
-        n_users = int(win.user.max()) + 1
-        tr_users, te_users = split_users(n_users, uc.test_fraction, uc.split_seed, uc.max_users)
-        train, test = win.take(np.isin(win.user, tr_users)), win.take(np.isin(win.user, te_users))
+        sp = split_user_windows(store, uc, traffic=m.use_traffic, trajectory=m.use_trajectory)
+        train, test, n_users, tr_users, te_users = sp.train, sp.test, sp.n_users, sp.train_users, sp.test_users
         log.info("MSTDiff data: %s, %d users (%d train / %d test), %d train windows of %d steps", store, n_users, tr_users.size, te_users.size, train.n, uc.seq_len)
         root = open_city(store)
         n_bs = int(root.sizes.get("bs", 0))
@@ -241,7 +290,7 @@ class MSTDiffTask:
         state: dict[str, Any] = {"offset_train": torch.as_tensor(train.offsets()), "offset_test": torch.as_tensor(test.offsets())}
         meta: dict[str, Any] = {
             "store": str(store.resolve()), "fingerprint": self.fingerprint(), "n_users": n_users,
-            "n_train_users": int(tr_users.size), "n_test_users": int(te_users.size), "step_minutes": win.step_minutes,
+            "n_train_users": int(tr_users.size), "n_test_users": int(te_users.size), "step_minutes": train.step_minutes,
             "start": str(pd.Timestamp(train.start[0])), "n_bs": n_bs, "city": str(root.attrs.get("city", "")),
         }
         # traffic: transform fitted on training users only, then the DWT
@@ -304,12 +353,7 @@ class MSTDiffTask:
 
     @staticmethod
     def _read(path: Path) -> dict:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: missing; Task.prepare(run_dir) must run before setup") from None
-        except Exception as e:  # torch raises pickle/zip errors of many types for damaged files
-            raise CheckpointError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
+        return read_prepared(path)
 
     # ------------------------------------------------------------------ worker side
     def setup(self, run_dir: Path) -> None:
@@ -400,3 +444,137 @@ class MSTDiffTask:
     def export_extra(self) -> dict[str, Any]:
         self._ready()
         return {"data_info": self.data_info(), "mstdiff": {k: v for k, v in self.meta.items() if k != "fingerprint"}}
+
+
+# ----------------------------------------------------------------------------------------------- CSDI-style baseline
+
+
+class _Series(torch.utils.data.Dataset):
+    """Map-style dataset of normalised series x0 (n, T) float32 and window offsets (n,) long."""
+
+    def __init__(self, x0: torch.Tensor, offset: torch.Tensor):
+        self.x0, self.offset = x0, offset
+
+    def __len__(self) -> int:
+        return int(self.offset.numel())
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x0": self.x0[i], "offset": self.offset[i]}
+
+
+class CSDIUsersTask:
+    """The Task of ``model.kind = "csdi_users"``: CSDI-style DDPM on normalised per-user traffic (module docstring).
+
+    Same users, split and traffic normalisation as :class:`MSTDiffTask` with the same ``model.users`` block;
+    prepared data in ``RUN/csdi_users_data.pt``: ``x_train`` / ``x_test`` (n, T) float32 normalised,
+    ``traffic_test`` (n, T) float32 volumes of the held-out users, ``offset_train`` / ``offset_test`` (n,) long,
+    ``traffic_state`` (the fitted transform) and ``meta_json``."""
+
+    def __init__(self, cfg):
+        if cfg.model.kind != "csdi_users":
+            raise ConfigError(f"CSDIUsersTask needs model.kind=csdi_users, got {cfg.model.kind}")
+        self.cfg = cfg
+        self.state: dict[str, Any] | None = None
+        self.meta: dict[str, Any] | None = None
+        self.diffusion: GaussianDiffusion | None = None
+
+    def store_path(self, run_dir: Path) -> Path:
+        """The configured store, or RUN/data/city.zarr for the synthetic city."""
+        return Path(self.cfg.data.store) if self.cfg.data.store is not None else Path(run_dir) / "data" / "city.zarr"
+
+    def fingerprint(self) -> str:
+        """Settings that change the prepared data (a resumed run must match them)."""
+        return json.dumps({"kind": "csdi_users", "users": self.cfg.model.users.model_dump(mode="json")}, sort_keys=True)
+
+    # ------------------------------------------------------------------ driver side
+    def prepare(self, run_dir: Path) -> None:
+        run_dir = Path(run_dir)
+        path = run_dir / CSDI_USERS_DATA_FILE
+        store = self.store_path(run_dir)
+        synthesize_if_needed(self.cfg, store)
+        if path.exists():
+            meta = json.loads(read_prepared(path)["meta_json"])
+            if meta["store"] != str(store.resolve()) or meta["fingerprint"] != self.fingerprint():
+                raise CheckpointError(f"{path}: prepared for another store or users settings ({meta['store']}); use a new run folder")
+            log.info("reusing the prepared per-user series of %s", path)
+            return
+        uc = self.cfg.model.users
+        sp = split_user_windows(store, uc, traffic=True, trajectory=False)
+        train, test = sp.train, sp.test
+        log.info("CSDI users data: %s, %d users (%d train / %d test), %d train windows of %d steps", store, sp.n_users,
+                 sp.train_users.size, sp.test_users.size, train.n, uc.seq_len)
+        tf = TrafficTransform.fit(train.traffic, uc.traffic_transform)
+        empty = np.zeros((0, uc.seq_len), np.float32)
+        root = open_city(store)
+        state: dict[str, Any] = {
+            "x_train": torch.as_tensor(tf.forward(train.traffic), dtype=torch.float32),
+            "x_test": torch.as_tensor(tf.forward(test.traffic) if test.n else empty, dtype=torch.float32),
+            "traffic_test": torch.as_tensor(test.traffic if test.n else empty),
+            "offset_train": torch.as_tensor(train.offsets()),
+            "offset_test": torch.as_tensor(test.offsets()),
+            "traffic_state": {k: (torch.as_tensor(v) if isinstance(v, np.ndarray) else v) for k, v in tf.state().items()},
+        }
+        meta = {
+            "store": str(store.resolve()), "fingerprint": self.fingerprint(), "n_users": sp.n_users,
+            "n_train_users": int(sp.train_users.size), "n_test_users": int(sp.test_users.size), "step_minutes": train.step_minutes,
+            "start": str(pd.Timestamp(train.start[0])), "n_bs": int(root.sizes.get("bs", 0)), "city": str(root.attrs.get("city", "")),
+        }
+        state["meta_json"] = json.dumps(meta, sort_keys=True, default=str)
+        write_prepared(path, state)
+
+    # ------------------------------------------------------------------ worker side
+    def setup(self, run_dir: Path) -> None:
+        path = Path(run_dir) / CSDI_USERS_DATA_FILE
+        self.state = read_prepared(path)
+        self.meta = json.loads(self.state["meta_json"])
+        if self.meta.get("fingerprint") != self.fingerprint():
+            raise CheckpointError(f"{path}: prepared with other users settings; use a new run folder")
+        self.diffusion = GaussianDiffusion(self.cfg.diffusion)
+
+    def _ready(self) -> None:
+        if self.state is None or self.diffusion is None:
+            raise ConfigError("CSDIUsersTask: call prepare(run_dir) then setup(run_dir) first")
+
+    def data_info(self) -> dict[str, Any]:
+        """What shapes the network (saved in the export for :func:`mobscale.model.csdi_users.build`)."""
+        self._ready()
+        return {"seq_len": int(self.cfg.model.users.seq_len), "steps_per_day": 1440 // int(self.meta["step_minutes"])}
+
+    def build_model(self) -> torch.nn.Module:
+        self._ready()
+        return build_csdi_users(self.cfg, self.data_info())
+
+    def dataset(self, split: str, rank: int = 0, world: int = 1) -> torch.utils.data.Dataset:
+        """Series of ``split`` ("train"; "test"/"val" = the held-out users); rank r of ``world`` gets r, r+world, ..."""
+        self._ready()
+        if split == "train":
+            key = "train"
+        elif split in ("test", "val"):
+            key = "test"
+        else:
+            raise ConfigError(f"CSDIUsersTask.dataset: unknown split '{split}' (train, val, test)")
+        off = self.state[f"offset_{key}"]
+        sel = torch.arange(rank, off.numel(), world)
+        return _Series(self.state[f"x_{key}"][sel], off[sel])
+
+    def loss(self, model: torch.nn.Module, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """DDPM's simple loss on a batch {"x0": (B, T), "offset": (B,)}."""
+        self._ready()
+        return self.diffusion.training_loss(model, batch["x0"], {"offset": batch["offset"]}, generator)
+
+    def normalisation(self) -> dict[str, Any]:
+        """The fitted traffic transform and the time axis (what the sampler needs besides the weights)."""
+        self._ready()
+        out: dict[str, Any] = {
+            "step_minutes": int(self.meta["step_minutes"]),
+            "start": str(self.meta["start"]),
+            "offset": int(self.state["offset_train"][0]) if self.state["offset_train"].numel() else 0,
+            "n_bs": int(self.meta["n_bs"]),
+            "n_train_users": int(self.meta["n_train_users"]),
+        }
+        out.update(self.state["traffic_state"])
+        return out
+
+    def export_extra(self) -> dict[str, Any]:
+        self._ready()
+        return {"data_info": self.data_info(), "csdi_users": {k: v for k, v in self.meta.items() if k != "fingerprint"}}

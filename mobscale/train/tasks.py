@@ -11,6 +11,7 @@ TASKS = {
     "csdi": "mobscale.train.zoomdiff_task:BaselineTask",
     "dit": "mobscale.train.zoomdiff_task:BaselineTask",
     "mstdiff": "mobscale.train.mstdiff_task:MSTDiffTask",
+    "csdi_users": "mobscale.train.mstdiff_task:CSDIUsersTask",  # MSTDiff Table I's per-user traffic baseline
     # fitted, not trained: the engine calls task.fit(run_dir) instead of the gradient loop
     "historical": "mobscale.train.zoomdiff_task:StatisticalTask",
     "context_profile": "mobscale.train.zoomdiff_task:StatisticalTask",
