@@ -15,7 +15,7 @@ set -euo pipefail
 D=$(mkdir -p "${1:?usage: start_slurm.sh DIR [NODES]}" && cd "$1" && pwd)
 NODES=${2:-1}
 H=$(hostname -s)
-CPUS=$(nproc)
+CPUS=$(getconf _NPROCESSORS_ONLN)  # not nproc: it honours OMP_NUM_THREADS, which CI sets to 1
 MEM=$(( $(awk '/MemTotal/{print int($2/1024)}' /proc/meminfo) - 2048 ))
 mkdir -p "$D"/{state,spool} /run/munge
 
