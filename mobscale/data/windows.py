@@ -123,7 +123,7 @@ class CityArrays:
         self.hour_of_week = (dow * 24 + (t - t.astype("datetime64[D]")).astype(np.int64)).astype(np.int64)
         self.aoi = np.asarray(ds["aoi"].values).astype(np.int64) if "aoi" in ds else np.zeros((self.H, self.W), np.int64)
         self.house_road = np.asarray(ds["house_road"].values).astype(np.int64) if "house_road" in ds else np.zeros((self.H, self.W), np.int64)
-        self.poi = np.asarray(ds["poi"].values).astype(np.float32) if "poi" in ds else np.zeros((1, self.H, self.W), np.float32)
+        self.poi = np.asarray(ds["poi"].values).astype(np.float32, copy=False) if "poi" in ds else np.zeros((1, self.H, self.W), np.float32)
         self.n_aoi = len(ds["aoi"].attrs.get("flag_values", [0])) if "aoi" in ds else 1
         self.n_house_road = len(ds["house_road"].attrs.get("flag_values", [0])) if "house_road" in ds else 1
         self.pop_by = None
@@ -133,7 +133,7 @@ class CityArrays:
         self.cached = nbytes <= cache_bytes
         if self.cached:
             self.g50 = self._hourly(np.asarray(ds["traffic_grid50"].values)) if self.has_traffic else None
-            self.pop = np.asarray(ds["population"].values).astype(np.float32) if self.pop_by else None
+            self.pop = np.asarray(ds["population"].values).astype(np.float32, copy=False) if self.pop_by else None
         else:
             self.g50 = None
             self.pop = None

@@ -440,7 +440,9 @@ def finalize(spec: SampleSpec, lay: Layout, progress: bool = True) -> dict:
         ],
         "definition": "raw: sum over units and time blocks of |stage-k unit total - sum of the raw finest output inside the unit| "
                       "/ sum of the latter (the inconsistency of the generated levels before reconciliation); final: the same "
-                      "against the written 50 m traffic (0 for the anchors; the root levels are exact sums of it, see "
+                      "against the written 50 m traffic (0 for the top anchor; a lower anchor (cells under BS) matches its stage's "
+                      "totals after they are rescaled to sum to the anchor above, so what remains is that stage's own "
+                      "disagreement with the level above; the root levels are exact sums of the 50 m traffic, see "
                       "root_consistency_max_rel_error)",
     }
     return report
@@ -476,7 +478,13 @@ def _watch(jobs, groups, out: Path, total: int, progress: bool) -> list[tuple[li
 
     bar = tqdm(total=total, desc="shards", unit="shard", disable=not progress)
     done_prev = 0
+    last_sacct = 0.0
     while True:
+        # submitit's SLURM watcher refreshes job states from sacct at most every 10 minutes by default, so a task
+        # that died would show as running for minutes: ask sacct (one call for all jobs) every 10 s instead.
+        if jobs and type(jobs[0]).__name__ == "SlurmJob" and time.monotonic() - last_sacct > 10:
+            jobs[0].watcher.update()
+            last_sacct = time.monotonic()
         done = len(list((_state_dir(out) / MARKERS).glob("*.done")))
         states = [j.state for j in jobs]
         finished = [j.done() for j in jobs]
