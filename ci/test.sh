@@ -17,7 +17,7 @@ export OMP_NUM_THREADS=1 MPLBACKEND=Agg RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_
 python -c "from deepspeed.accelerator import get_accelerator as g; g().create_op_builder('ShareMemCommBuilder').load()" >/dev/null 2>&1 || echo "warning: DeepSpeed op warm-up failed"
 if [ -f ci/start_slurm.sh ] && command -v slurmctld >/dev/null; then
   SL="$PWD/.slurm"
-  bash ci/start_slurm.sh "$SL" "${SLURM_FAKE_NODES:-2}"
+  bash ci/start_slurm.sh "$SL" "${SLURM_FAKE_NODES:-8}"
   trap 'bash ci/stop_slurm.sh "$SL" >/dev/null 2>&1 || true' EXIT
   export SLURM_CONF="$SL/slurm.conf"
 fi

@@ -171,7 +171,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         if (rdv / "done").exists():
             return
         address = (rdv / "head").read_text().strip()
-        proc = _ray_start([f"--address={address}"], self.cpus_per_node, self.gpus_per_node)
+        proc = _ray_start([f"--address={address}", *_colocated_ports(address)], self.cpus_per_node, self.gpus_per_node)
         try:
             while not (rdv / "done").exists():
                 if proc.poll() is not None:
@@ -189,6 +189,22 @@ def _node_ip() -> str:
     if not out:
         raise RuntimeError(f"{os.uname().nodename}: `hostname -I` reports no address for the Ray head")
     return out[0]
+
+
+def _colocated_ports(head_address: str) -> list[str]:
+    """Distinct ports for a Ray worker node that shares its host (IP) with the head and other nodes, e.g. fake SLURM
+    nodes on one machine: Ray's node-local services otherwise use fixed defaults (dashboard agent 52365, ...) and a
+    third raylet on the host fails with "bind: Address already in use". On a real cluster (own IP) nothing is set."""
+    if head_address.rsplit(":", 1)[0] != _node_ip():
+        return []
+    job = int(os.environ.get("SLURM_JOB_ID", "0") or 0)
+    rank = int(os.environ.get("SLURM_NODEID", os.environ.get("SLURM_PROCID", "0")) or 0)
+    base = 30000 + ((job % 35) * 16 + rank % 16) * 60  # < 65535; 60 ports per node
+    return [f"--node-manager-port={base}", f"--object-manager-port={base + 1}", f"--dashboard-agent-listen-port={base + 2}",
+            f"--dashboard-agent-grpc-port={base + 3}", f"--metrics-export-port={base + 4}", f"--runtime-env-agent-port={base + 5}",
+            f"--min-worker-port={base + 10}", f"--max-worker-port={base + 59}",
+            # the nodes would also share /tmp/ray's session directory (logs, object-store and raylet sockets)
+            f"--temp-dir=/tmp/mobscale-ray-{job}-{rank}"]
 
 
 def _ray_bin() -> str:

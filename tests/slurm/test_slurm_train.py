@@ -69,19 +69,22 @@ def test_sbatch_train_sh_to_completion(tmp_path):
     assert load_export(run / "export").config.distributed.cpus_per_worker == 2
 
 
-@pytest.mark.skipif(IDLE < 2, reason="needs 2 idle SLURM nodes (ci/start_slurm.sh DIR 2)")
-def test_nodes_2_through_submitit(tmp_path):
+@pytest.mark.parametrize("nodes", [2, 8])
+def test_nodes_n_through_submitit(tmp_path, nodes):
+    """--nodes N: a Ray cluster over N SLURM nodes (fake nodes share one host here: distinct ports and temp dirs)."""
+    if IDLE < nodes:
+        pytest.skip(f"needs {nodes} idle SLURM nodes (ci/start_slurm.sh DIR {nodes})")
     cfg_file = tmp_path / "toy.yaml"
     cfg_file.write_text(yaml.safe_dump(toy_cfg()))
     run = tmp_path / "run"
     env = {**os.environ, "MOBSCALE_TASK_FACTORY": "toy_task:ToyTask"}
-    r = subprocess.run([sys.executable, "-m", "mobscale.launch", "train", "--config", str(cfg_file), "--out", str(run), "--nodes", "2", "--wait"],
+    r = subprocess.run([sys.executable, "-m", "mobscale.launch", "train", "--config", str(cfg_file), "--out", str(run), "--nodes", str(nodes), "--wait"],
                        env=env, capture_output=True, text=True, timeout=540)
     logs = "\n".join(p.read_text()[-2000:] for p in (run / "slurm").glob("*/*_log.out")) if (run / "slurm").exists() else ""
     assert r.returncode == 0, (r.stderr[-2000:], logs)
     assert r.stdout.strip().splitlines()[-1] == str(run / "export")
     state = ckpt.read_state(run / "toy" / "step_00000012")
-    assert state["world_size"] == 2 and state["engine"] == "ddp"  # one worker per node
+    assert state["world_size"] == nodes and state["engine"] == "ddp"  # one worker per node
     (rdv,) = (run / "slurm").glob("ray-*")
     assert (rdv / "head").exists() and (rdv / "done").exists()
     assert [c[0] for c in curve(run)] == list(range(1, 13))
