@@ -8,6 +8,7 @@ T="python jobs/zoomdiff_tables.py"
 $T table1 --steps 1000
 $T table6 --steps 1000
 $T efficiency --steps 1000
+$T sampler --steps 1000
 $T table3 --steps 600
 $T table4 --steps 600
 $T table7 --steps 1000
