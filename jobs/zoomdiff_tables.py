@@ -326,6 +326,7 @@ def table7(args) -> None:
         g = g.parent / f"{model}_A_to_B_few.zarr"
         sample(args, ef, b, g)
         rows[f"{model}: A -> B few-shot"] = score(b, g, region)
+    rows.update({f"reference on B: {k}": v for k, v in references(args, "table7", b, region).items()})
     cols = [(f"{l}@1h", m) for l in ("bs", "grid50") for m in ("mae", "rmse", "psnr")]
     hdr = protocol(args, b) + (" Cross-city: city A = seed %d, city B = seed %d with denser BS and more events; zero-shot uses B's "
                                "context only, normalisation fitted on 5%% of B's training windows; few-shot fine-tunes on a quarter "

@@ -478,11 +478,11 @@ def _watch(jobs, groups, out: Path, total: int, progress: bool) -> list[tuple[li
 
     bar = tqdm(total=total, desc="shards", unit="shard", disable=not progress)
     done_prev = 0
-    last_sacct = 0.0
+    last_sacct, has_sacct = 0.0, shutil.which("sacct") is not None
     while True:
         # submitit's SLURM watcher refreshes job states from sacct at most every 10 minutes by default, so a task
         # that died would show as running for minutes: ask sacct (one call for all jobs) every 10 s instead.
-        if jobs and type(jobs[0]).__name__ == "SlurmJob" and time.monotonic() - last_sacct > 10:
+        if jobs and type(jobs[0]).__name__ == "SlurmJob" and has_sacct and time.monotonic() - last_sacct > 10:
             jobs[0].watcher.update()
             last_sacct = time.monotonic()
         done = len(list((_state_dir(out) / MARKERS).glob("*.done")))
