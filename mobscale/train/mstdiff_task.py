@@ -408,14 +408,7 @@ class MSTDiffTask:
     def dataset(self, split: str, rank: int = 0, world: int = 1) -> torch.utils.data.Dataset:
         """Windows of ``split`` ("train"; "test"/"val" = the held-out users); rank r of ``world`` gets r, r+world, ..."""
         self._ready()
-        if split == "train":
-            key = "train"
-        elif split in ("test", "val"):
-            key = "test"
-        else:
-            raise ConfigError(f"MSTDiffTask.dataset: unknown split '{split}' (train, val, test)")
-        off = self.state[f"offset_{key}"]
-        sel = torch.arange(rank, off.numel(), world)
+        key, off, sel = _split_rows(self.state, split, rank, world, "MSTDiffTask")
         w0 = self.state[f"w_{key}"][sel] if self.cfg.model.use_traffic else None
         l0 = self.state[f"l_{key}"][sel] if self.cfg.model.use_trajectory else None
         return _Windows(w0, l0, off[sel])
@@ -547,14 +540,7 @@ class CSDIUsersTask:
     def dataset(self, split: str, rank: int = 0, world: int = 1) -> torch.utils.data.Dataset:
         """Series of ``split`` ("train"; "test"/"val" = the held-out users); rank r of ``world`` gets r, r+world, ..."""
         self._ready()
-        if split == "train":
-            key = "train"
-        elif split in ("test", "val"):
-            key = "test"
-        else:
-            raise ConfigError(f"CSDIUsersTask.dataset: unknown split '{split}' (train, val, test)")
-        off = self.state[f"offset_{key}"]
-        sel = torch.arange(rank, off.numel(), world)
+        key, off, sel = _split_rows(self.state, split, rank, world, "CSDIUsersTask")
         return _Series(self.state[f"x_{key}"][sel], off[sel])
 
     def loss(self, model: torch.nn.Module, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -578,3 +564,16 @@ class CSDIUsersTask:
     def export_extra(self) -> dict[str, Any]:
         self._ready()
         return {"data_info": self.data_info(), "csdi_users": {k: v for k, v in self.meta.items() if k != "fingerprint"}}
+
+
+def _split_rows(state: dict, split: str, rank: int, world: int, who: str) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """(state key, window offsets, row indices of rank r of ``world``: r, r+world, ...) of ``split``
+    ("train"; "test"/"val" = the held-out users)."""
+    if split == "train":
+        key = "train"
+    elif split in ("test", "val"):
+        key = "test"
+    else:
+        raise ConfigError(f"{who}.dataset: unknown split '{split}' (train, val, test)")
+    off = state[f"offset_{key}"]
+    return key, off, torch.arange(rank, off.numel(), world)
