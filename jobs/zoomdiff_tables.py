@@ -92,8 +92,9 @@ def sample(args, export: Path, context: Path, out: Path, **kw) -> dict:
 
     own = load_export(export).config.sample  # each model samples with its own configured sampler unless overridden
     sps = own.steps_per_stage if args.steps_per_stage is None else args.steps_per_stage
+    eta = own.eta if args.eta is None or not sps else args.eta  # eta applies to DDIM samplers only
     spec = SampleSpec(export=str(export), context=str(context), out=str(out), seed=0, steps_per_stage=sps,
-                      eta=own.eta, overlap=own.overlap, batch_size=16, **kw)
+                      eta=eta, overlap=own.overlap, batch_size=16, **kw)
     return sample_city(spec, progress=False)
 
 
@@ -116,11 +117,12 @@ def test_region(args, store: Path, config: str) -> tuple[slice, slice, slice]:
 
 def score(real: Path, synth: Path | xr.Dataset, region, levels=("bs", "cell", "grid100", "grid50"), resolutions=("1h",)) -> dict:
     from mobscale.eval import traffic_metrics
+    from mobscale.eval.cli import to_synthetic_step
 
     ys, xs, ts = region
     s = synth if isinstance(synth, xr.Dataset) else open_city(synth)
     ts = slice(ts.start, min(ts.stop, s.sizes["time"]))
-    r = pyramid.region_subset(open_city(real), ys, xs).isel(time=ts)
+    r = pyramid.region_subset(to_synthetic_step(open_city(real), s, str(real), "generated"), ys, xs).isel(time=ts)
     s = pyramid.region_subset(s, ys, xs).isel(time=ts)
     ds = traffic_metrics(r, s, levels=list(levels), resolutions=list(resolutions))
     out = {}
@@ -133,7 +135,8 @@ def score(real: Path, synth: Path | xr.Dataset, region, levels=("bs", "cell", "g
 
 
 def zeros_like(real: Path, T: int) -> xr.Dataset:
-    ds = open_city(real).isel(time=slice(0, T))
+    """All-zeros traffic on the first ``T`` hours of the real city (at 1 h, as every model here writes)."""
+    ds = pyramid.at_time_step(open_city(real), 60).isel(time=slice(0, T))
     out = ds.copy()
     for lvl in schema.SPATIAL_LEVELS:
         v = schema.TRAFFIC_VAR[lvl]
@@ -191,7 +194,8 @@ def protocol(args, store: Path) -> str:
     return (f"Data: `{store}` ({'synthetic city ' + args.size + ', ' + str(args.days) + ' days, seed ' + str(args.city_seed) if args.data == 'synthetic' else 'real store'}); "
             f"test split: {'the last days, all places (split_by=time)' if any('split_by=time' in x for x in args.set) else 'held-out southern band of patches, all hours (split_by=band)'}; "
             f"{args.steps} training steps per model; overrides {args.set or 'none'}; "
-            f"sampling: 1 sample, seed 0, each model's configured sampler{'' if args.steps_per_stage is None else f' overridden to {args.steps_per_stage} DDIM steps per stage'}. "
+            f"sampling: 1 sample, seed 0, each model's configured sampler{'' if args.steps_per_stage is None else f' overridden to {args.steps_per_stage} DDIM steps per stage'}"
+            f"{'' if args.eta is None else f', DDIM eta overridden to {args.eta}'}. "
             f"MAE/RMSE/spRMSE in MB per unit per hour; PSNR with L = max of the real data of that level. "
             f"Command: `python jobs/zoomdiff_tables.py {args.table} {' '.join(sys.argv[2:])}`. Lower is better except PSNR; best in bold.")
 
@@ -212,7 +216,7 @@ def references(args, table: str, store: Path, region) -> dict:
         gen.parent.mkdir(parents=True, exist_ok=True)
         sample(args, exp, store, gen)
         rows[name] = score(store, gen, region)
-    T = open_city(store).sizes["time"]
+    T = pyramid.at_time_step(open_city(store), 60).sizes["time"]
     rows["zeros"] = score(store, zeros_like(store, T), region)
     return rows
 
@@ -224,7 +228,8 @@ def table1(args) -> None:
     store = city(args)
     region = test_region(args, store, "demo.yaml")
     rows, raw = {}, {}
-    for name, cfgp in (("ZoomDiff", "demo.yaml"), ("CSDI-style", "csdi-demo.yaml"), ("DiT-style", "dit-demo.yaml")):
+    models = (("ZoomDiff", "demo.yaml"), ("CSDI-style", "csdi-demo.yaml"), ("DiT-style", "dit-demo.yaml"))
+    for name, cfgp in [m for m in models if args.models is None or m[0] in args.models]:
         exp = train(args, "table1", name, cfgp, store)
         gen = Path(args.work) / "gen" / f"{args.tag}" / "table1" / f"{name}.zarr"
         gen.parent.mkdir(parents=True, exist_ok=True)
@@ -376,7 +381,8 @@ def efficiency(args) -> None:
 
     store = city(args)
     rows = {}
-    for name, cfgp in (("ZoomDiff", "demo.yaml"), ("CSDI-style", "csdi-demo.yaml"), ("DiT-style", "dit-demo.yaml")):
+    models = (("ZoomDiff", "demo.yaml"), ("CSDI-style", "csdi-demo.yaml"), ("DiT-style", "dit-demo.yaml"))
+    for name, cfgp in [m for m in models if args.models is None or m[0] in args.models]:
         exp = train(args, "table1", name, cfgp, store)
         e = load_export(exp)
         n_par = sum(v.numel() for v in e.state_dict.values())
@@ -412,7 +418,10 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=7)
     ap.add_argument("--city-seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--models", nargs="+", choices=["ZoomDiff", "CSDI-style", "DiT-style"], default=None,
+                    help="table1: only these models (default: all three); the references are always reported")
     ap.add_argument("--steps-per-stage", type=int, default=None, help="override every model's sampler steps (default: each config's)")
+    ap.add_argument("--eta", type=float, default=None, help="override the DDIM eta of models that sample with DDIM (0 = deterministic)")
     ap.add_argument("--out", default=str(REPO / "results"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides for every model (e.g. data.windows.patch=8)")
     ap.add_argument("--work", default=str(REPO / "runs" / "tables"), help="trained models and generated stores (cached)")

@@ -87,6 +87,13 @@ class RunConfig(Section):
                 f"model.kind=historical needs the test places in training: data.windows.split_by=time (got '{split_by}'); "
                 "use model.kind=context_profile for unseen places"
             )
+        # the city sampler tiles the city with windows of the training patch, overlapping by sample.overlap pixels
+        patch, overlap = self.data.windows.patch, self.sample.overlap
+        if self.model.kind not in ("mstdiff", "csdi_users") and overlap >= patch:  # per-user models do not tile
+            raise ValueError(
+                f"sample.overlap={overlap} must be smaller than data.windows.patch={patch}: set sample.overlap "
+                f"(e.g. {patch // 4}; 0 for mosaic stores such as UoMo imports, whose tiles are not neighbours)"
+            )
         if getattr(self.model, "refine", None) == "mean_share" and split_by != "time":
             raise ValueError(
                 f"model.refine=mean_share needs every pixel's training history: data.windows.split_by=time (got '{split_by}'); "

@@ -90,6 +90,12 @@ class ZoomDiffModelConfig(Section):
     tpe_dim: int = Field(128, ge=2, description="sinusoidal temporal positional encoding size (paper: 128)")
     spe_dim: int = Field(128, ge=1, description="learnable spatial encoding size per resolution level (paper: 128)")
     use_tpe: bool = True
+    tpe_periodic: int = Field(
+        0, ge=0, le=12,
+        description="add this many daily harmonics (sin/cos of 2 pi k h / 24, k = 1..n) and two weekly ones to the TPE. "
+        "0 = the paper's TPE only (eq. 6: 128-d sinusoidal of the hour of week, whose frequencies miss the 24 h period "
+        "exactly); measured in results/README.md",
+    )
     use_spe: bool = True
     use_context: bool = True
     prior_input: bool = Field(

@@ -146,6 +146,27 @@ def temporal(da: xr.DataArray, resolution: str, native_minutes: int) -> xr.DataA
     return out
 
 
+def at_time_step(ds: xr.Dataset, minutes: int) -> xr.Dataset:
+    """The city with its traffic levels summed into blocks of ``minutes`` (a multiple of its native step; trailing
+    partial block dropped), as a store at that native step: how a 15-min real store is compared with a generator
+    that writes 1 h. Other time-varying variables are dropped (they have no single right aggregate). Lazy."""
+    native = time_step_minutes(ds)
+    if minutes == native:
+        return ds
+    res = [r for r, m in schema.TEMPORAL_RESOLUTIONS.items() if m == minutes]
+    if not res or minutes % native:
+        raise StoreError(f"cannot sum a {native}-min store into {minutes}-min steps: the target must be a multiple of "
+                         f"the native step and one of {', '.join(f'{m} min' for m in schema.TEMPORAL_RESOLUTIONS.values())}")
+    traffic = [v for v in schema.TRAFFIC_VAR.values() if v in ds.data_vars]
+    summed = {v: temporal(ds[v], res[0], native) for v in traffic}
+    # every variable and coordinate on the old time axis goes; the summed traffic brings the new axis
+    out = ds.drop_vars([v for v in ds.variables if "time" in ds[v].dims])
+    for v, da in summed.items():
+        out[v] = da
+    out.attrs = dict(ds.attrs, time_step_minutes=minutes)
+    return out
+
+
 def level(ds: xr.Dataset, lvl: str, resolution: str | None = None) -> xr.DataArray:
     """Traffic of spatial level ``lvl`` at temporal ``resolution`` (native if None), lazily."""
     if lvl not in schema.TRAFFIC_VAR:

@@ -104,9 +104,20 @@ def _daily_profiles(ds: xr.Dataset, lvl: str, name: str) -> np.ndarray:
 # ---------------------------------------------------------------- targets
 
 
+def to_synthetic_step(real: xr.Dataset, synth: xr.Dataset, real_name: str, synth_name: str) -> xr.Dataset:
+    """``real`` summed to the generated store's native step when that step is a whole multiple of the real one
+    (a model trained at 1 h on a 15-min store writes 1 h); any other mismatch is left to the compatibility check."""
+    rs, ss = pyramid.time_step_minutes(real), pyramid.time_step_minutes(synth)
+    if ss != rs and ss % rs == 0:
+        log.warning("%s is at %d min and %s at %d min: scoring against the real traffic summed to %d min",
+                    real_name, rs, synth_name, ss, ss)
+        return pyramid.at_time_step(real, ss)
+    return real
+
+
 def _traffic(args, out: Path, console: Console) -> dict:
-    real = open_city(args.real)
     synth = open_city(args.synthetic)
+    real = to_synthetic_step(open_city(args.real), synth, str(args.real), str(args.synthetic))
     ts = traffic_statistics(real, synth, args.levels, args.resolutions, real_name=str(args.real),
                             synth_name=str(args.synthetic))
     ds = finalize_traffic(ts, jsd=args.mode)
@@ -121,7 +132,7 @@ def _traffic(args, out: Path, console: Console) -> dict:
         "conventions": json.loads(ds.attrs["conventions"]),
     }
     if args.train:
-        train = open_city(args.train)
+        train = to_synthetic_step(open_city(args.train), synth, str(args.train), str(args.synthetic))
         lvl = ts.levels[0]
         result["privacy"] = dcr_audit(_daily_profiles(train, lvl, str(args.train)),
                                       _daily_profiles(synth, lvl, str(args.synthetic)),

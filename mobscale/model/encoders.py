@@ -35,6 +35,14 @@ def sinusoidal(t: torch.Tensor, dim: int, base: float = 10000.0) -> torch.Tensor
     return torch.cat([ang.sin(), ang.cos()], dim=-1)
 
 
+def harmonics(hour: torch.Tensor, daily: int) -> torch.Tensor:
+    """(..., 2 * (daily + 2)): sin/cos of 2 pi k h / 24 for k = 1..daily and of 2 pi k h / 168 for k = 1, 2."""
+    h = hour.to(torch.float32).unsqueeze(-1)
+    ang = torch.cat([2 * math.pi * h * torch.arange(1, daily + 1, device=h.device) / 24.0,
+                     2 * math.pi * h * torch.arange(1, 3, device=h.device) / 168.0], dim=-1)
+    return torch.cat([ang.sin(), ang.cos()], dim=-1)
+
+
 def _mlp(d_in: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, d_out), nn.SiLU(), nn.Linear(d_out, d_out))
 
@@ -76,9 +84,13 @@ class SpatioTemporalPE(nn.Module):
     to ``width`` (linear maps commute with the coarsening means, so projecting first is exact and cheaper).
     """
 
-    def __init__(self, width: int, patch: int, n_levels: int, tpe_dim: int = 128, spe_dim: int = 128, use_tpe: bool = True, use_spe: bool = True):
+    def __init__(self, width: int, patch: int, n_levels: int, tpe_dim: int = 128, spe_dim: int = 128, use_tpe: bool = True,
+                 use_spe: bool = True, periodic: int = 0):
         super().__init__()
         self.tpe_dim, self.use_tpe, self.use_spe = tpe_dim, use_tpe, use_spe
+        # optional exact daily/weekly harmonics of the hour of week (not in the paper; see tpe_periodic)
+        self.periodic = periodic
+        self.periodic_proj = nn.Linear(2 * (periodic + 2), width) if periodic and use_tpe else None
         # a registered parameter (trained, saved and loaded with the model), one table per spatial level
         self.spe = nn.Parameter(torch.randn(n_levels, patch, patch, spe_dim) * 0.02)
         self.tpe_proj = nn.Linear(tpe_dim, width)
@@ -92,6 +104,8 @@ class SpatioTemporalPE(nn.Module):
         out = torch.zeros(B, L, patch, patch, self.tpe_proj.out_features, device=hour.device, dtype=self.spe.dtype)
         if self.use_tpe:
             out = out + self.tpe_proj(sinusoidal(hour, self.tpe_dim).to(out.dtype)).view(B, L, 1, 1, -1)
+            if self.periodic_proj is not None:
+                out = out + self.periodic_proj(harmonics(hour, self.periodic).to(out.dtype)).view(B, L, 1, 1, -1)
         if self.use_spe:
             out = out + self.spe_proj(self.spe[spe_index]).unsqueeze(1)
         return out

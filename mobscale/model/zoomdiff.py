@@ -133,7 +133,7 @@ class ZoomDiffDenoiser(nn.Module):
         self.prior_inp = nn.Linear(1, W) if cfg.prior_input else None
         self.context = ContextEncoder(cfg.context_dim, n_aoi, n_house_road, n_poi) if cfg.use_context else None
         self.context_proj = nn.Linear(cfg.context_dim, W) if cfg.use_context else None
-        self.pe = SpatioTemporalPE(W, patch, len(levels), cfg.tpe_dim, cfg.spe_dim, cfg.use_tpe, cfg.use_spe) if (cfg.use_tpe or cfg.use_spe) else None
+        self.pe = SpatioTemporalPE(W, patch, len(levels), cfg.tpe_dim, cfg.spe_dim, cfg.use_tpe, cfg.use_spe, cfg.tpe_periodic) if (cfg.use_tpe or cfg.use_spe) else None
         self.step_dim = max(32, 2 * (W // 2))
         self.step_mlp = nn.Sequential(nn.Linear(self.step_dim, W), nn.SiLU(), nn.Linear(W, W))
         self.stage_emb = nn.Embedding(len(stages), W)

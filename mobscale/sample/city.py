@@ -138,7 +138,7 @@ def _template(spec: SampleSpec, lay: Layout, gen) -> tuple[xr.Dataset, xr.Datase
     root = xr.Dataset(coords={c: ctx[c].load() for c in keep_coords})
     root = root.assign_coords(time=("time", hours))
     root["pixel_cell"] = ctx["pixel_cell"].load()
-    for v in ("aoi", "house_road", "poi", "zone"):
+    for v in ("aoi", "house_road", "poi", "zone", "observed"):
         if v in ctx:
             root[v] = ctx[v].load()
     if "population" in ctx and ctx["population"].dims[0] == "hour_of_week":
@@ -174,7 +174,8 @@ def _template(spec: SampleSpec, lay: Layout, gen) -> tuple[xr.Dataset, xr.Datase
         "provenance": store_attrs_json(prov),
         "config": store_attrs_json({"sample": asdict(spec), "model_config_yaml": exp.config_yaml}),
         "levels_present": store_attrs_json(list(schema.SPATIAL_LEVELS)),
-        "levels_built_by": store_attrs_json({"grid50": "finest stage output" + (" reconciled top-down" if spec.reconcile else ""),
+        "levels_built_by": store_attrs_json({"grid50": "finest stage output" + (" reconciled top-down" if spec.reconcile else "")
+                                             + ("; 0 where the context's observed mask is 0" if "observed" in ctx else ""),
                                              "grid100": "2x2 sum of grid50", "cell": "sum of grid50 pixels", "bs": "sum of cells"}),
         "sample_run_hash": spec.run_hash(),
     }
@@ -320,23 +321,30 @@ def _block_sums(a: np.ndarray, b: int) -> np.ndarray:
     return a.reshape(a.shape[0] // b, b, *a.shape[1:]).sum(1) if b > 1 else a
 
 
-def _top_down(F: np.ndarray, anchors: list[tuple[np.ndarray, int, np.ndarray]]) -> np.ndarray:
+def _unit_pixels(umap: np.ndarray, n: int, observed: np.ndarray | None) -> np.ndarray:
+    """Pixels per unit that may carry traffic (all, or the observed ones), at least 1 to divide by."""
+    if observed is None:
+        return pyramid.unit_counts(umap, n).astype(np.float64)
+    return np.maximum(np.bincount(umap[observed], minlength=n), 1).astype(np.float64)
+
+
+def _top_down(F: np.ndarray, anchors: list[tuple[np.ndarray, int, np.ndarray]], observed: np.ndarray | None = None) -> np.ndarray:
     """Scale the fine field F (t, H, W) so that its unit sums over time blocks match each anchor in turn.
 
     anchors: [(unit_map (H, W), block hours, target (t/b, n_units))], coarse -> fine along the network tree
     (BS then cells), each target already consistent with the previous one. Units whose current sum is zero
-    receive their target spread uniformly over their pixels and hours.
+    receive their target spread uniformly over their pixels (the ``observed`` ones when a mask is given) and hours.
     """
     F = F.astype(np.float64)
     for umap, b, target in anchors:
         n = target.shape[1]
         cur = _block_sums(pyramid.units_sum(F, umap, n), b)  # (t/b, n)
-        counts = pyramid.unit_counts(umap, n).astype(np.float64)
+        counts = _unit_pixels(umap, n, observed)
         scale = np.where(cur > 0, target / np.where(cur > 0, cur, 1.0), 0.0)
         fill = np.where(cur > 0, 0.0, target / (counts[None, :] * b))  # per pixel-hour
         s_t = np.repeat(scale, b, axis=0)[:, umap]  # (t, H, W)
         f_t = np.repeat(fill, b, axis=0)[:, umap]
-        F = F * s_t + f_t
+        F = F * s_t + (f_t if observed is None else f_t * observed)
     return F
 
 
@@ -363,6 +371,9 @@ def finalize(spec: SampleSpec, lay: Layout, progress: bool = True) -> dict:
     pc = np.asarray(root["pixel_cell"].values)
     cb = np.asarray(root["cell_bs"].values)
     C, B = root.sizes["cell"], root.sizes["bs"]
+    # pixels the context marks unobserved (importer padding, squares absent from the source) carry no traffic in
+    # the real data by definition: every stage output is zeroed there before unit totals and reconciliation
+    observed = np.asarray(root["observed"].values) > 0 if "observed" in root else None
     umaps = {lvl: pyramid.unit_map(root, lvl) for lvl in schema.SPATIAL_LEVELS}
     hours = {"1d": 24, "4h": 4, "2h": 2, "1h": 1}
     last_at = {}
@@ -378,13 +389,16 @@ def finalize(spec: SampleSpec, lay: Layout, progress: bool = True) -> dict:
         for t0 in range(0, lay.T, tc):
             tsl = slice(t0, t0 + tc)
             D = np.stack([np.asarray(st[f"stage_{k}"].isel(sample=s, time=tsl).values, dtype=np.float64) for k in range(lay.K)])
+            if observed is not None:
+                D *= observed
             totals = []
             for k, (lvl, res) in enumerate(lay.stages):  # whole-unit totals per hour, re-projected onto units
                 um, n = umaps[lvl]
                 U = pyramid.units_sum(D[k], um, n)
                 totals.append(U)
-                cnt = pyramid.unit_counts(um, n).astype(np.float64)
-                D[k] = (U / cnt)[:, um]
+                D[k] = (U / _unit_pixels(um, n, observed))[:, um]
+                if observed is not None:
+                    D[k] *= observed
             F = D[-1]
             for k in range(lay.K - 1):
                 lvl, res = lay.stages[k]
@@ -404,7 +418,7 @@ def finalize(spec: SampleSpec, lay: Layout, progress: bool = True) -> dict:
                         target = _nest_targets(target, cb, B, b, prev[0], prev[1])
                     anchors.append((umaps[lvl][0], b, target))
                     prev = (target, b)
-                F = _top_down(F, anchors)
+                F = _top_down(F, anchors, observed)
             F32 = F.astype(np.float32)
             cell = pyramid.units_sum(F32, pc, C)
             levels = {

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mobscale.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class WindowSpec:
@@ -84,7 +86,8 @@ class TilePlan:
     @classmethod
     def make(cls, H: int, W: int, T: int, P: int, L: int, overlap: int) -> "TilePlan":
         if overlap >= P:
-            raise ValueError(f"overlap {overlap} must be smaller than the patch {P}")
+            raise ConfigError(f"sampling overlap {overlap} px must be smaller than the model's patch of {P} px: pass a smaller overlap "
+                              "(sample.overlap / --overlap; 0 for mosaic stores whose tiles are not neighbours)")
         if T < L:
             raise ValueError(f"the period ({T} h) is shorter than one window ({L} h)")
         ts = list(range(0, T - L + 1, L))

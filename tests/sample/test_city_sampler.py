@@ -53,6 +53,18 @@ def test_tiling_covers_and_ramps():
         assert (cover == 1).all()  # shards partition (samples x time x space) exactly
 
 
+def test_overlap_not_smaller_than_patch_is_a_config_error():
+    from mobscale.config import load_dict
+    from mobscale.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"overlap 8 px must be smaller than the model's patch of 8 px"):
+        TilePlan.make(32, 16, 48, 8, 24, 8)
+    # caught at config load already, with the setting to change
+    with pytest.raises(ConfigError, match=r"sample.overlap=4 must be smaller than data.windows.patch=4"):
+        load_dict({"data": {"windows": {"patch": 4}}})
+    assert load_dict({"data": {"windows": {"patch": 4}}, "sample": {"overlap": 0}}).sample.overlap == 0
+
+
 @pytest.fixture(scope="module")
 def reference(tiny_export, tmp_path_factory):
     exp, ctx = tiny_export
@@ -84,6 +96,34 @@ def test_output_store_valid_consistent_and_piecewise_constant(reference, tiny_ex
         blocks = d.reshape(-1, b, *d.shape[1:])
         assert np.allclose(blocks, blocks[:, :1], rtol=1e-5, atol=1e-7)
     assert np.isfinite(st["stage_2"].values).all() and (root.traffic_grid50.values >= 0).all()
+
+
+def test_unobserved_pixels_stay_empty(reference, tiny_export, tmp_path):
+    """A context whose importer marked pixels unobserved (padding, missing squares): the generated city has no
+    traffic there, at any stage, and its levels are still exact sums; elsewhere it is the unmasked city."""
+    from mobscale.data.store import write_city
+
+    exp, ctx = tiny_export
+    c = open_city(ctx).load()
+    H, W = c.sizes["y"], c.sizes["x"]
+    obs = np.ones((H, W), np.int8)
+    obs[:, : W // 4] = 0  # a strip cutting through cells and BS (partly observed units)
+    obs[H // 2, W // 2] = 0
+    c["observed"] = (("y", "x"), obs)
+    ctx2 = write_city(c, tmp_path / "ctx_masked.zarr", users=None)
+    out = tmp_path / "masked.zarr"
+    rep = sample_city(_spec(exp, ctx2, out, shards=3), progress=False)
+    validate_store(out)
+    assert max(rep["root_consistency_max_rel_error"].values()) < 1e-5
+    root = open_city(out).load()
+    g50 = root.traffic_grid50.values
+    assert (g50[:, obs == 0] == 0).all() and (g50[:, obs == 1] > 0).mean() > 0.5
+    st = open_city(out, group="stages").load()
+    for v in st.data_vars:
+        assert (st[v].values[:, :, obs == 0] == 0).all(), v
+    # the BS anchor is still matched exactly after reconciliation
+    assert {s["level"]: s for s in rep["stages"]}["bs"]["rel_l1_stage_vs_final"] < 1e-5
+    assert "observed" in root and "observed mask" in root.attrs["levels_built_by"]
 
 
 def test_rerun_is_a_noop_and_existing_output_refused(reference, tiny_export):

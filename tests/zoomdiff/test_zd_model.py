@@ -34,6 +34,26 @@ def test_tpe_is_eq6():
     torch.testing.assert_close(got, want)
 
 
+def test_periodic_tpe_harmonics():
+    """The optional daily/weekly harmonics: exact 24 h and 168 h periods, and a model that uses them."""
+    from mobscale.model.encoders import harmonics
+
+    h = torch.arange(0, 168)
+    f = harmonics(h, 3)
+    assert f.shape == (168, 2 * (3 + 2))
+    daily = torch.cat([f[:, :3], f[:, 5:8]], dim=1)  # sines k = 1..3 / 24 h, cosines k = 1..3 / 24 h
+    torch.testing.assert_close(daily[:144], daily[24:], atol=1e-4, rtol=0)  # float32 angles up to ~130 rad
+    assert not torch.allclose(f[:144, 3], f[24:, 3], atol=1e-3)  # the weekly harmonic tells the days apart
+    torch.testing.assert_close(f[0, 5:], torch.ones(5))  # cosines at hour 0
+    base = setup()[2]
+    cfg, d, model, batch = setup(model={**TINY, "tpe_periodic": 3})
+    assert sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in base.parameters()) == 10 * 16 + 16
+    torch.nn.init.normal_(model.out.weight, std=0.1)
+    out = model(batch["x"][:, 0], torch.tensor([15, 14, 2]), torch.tensor([0, 1, 2]), batch)
+    out.pow(2).mean().backward()
+    assert float(model.pe.periodic_proj.weight.grad.abs().sum()) > 0
+
+
 def test_forward_shapes_and_cpu_test_model_size():
     cfg = load_dict({})  # default ZoomDiffModelConfig (width 32, 3 blocks, 128-d TPE/SPE), S4T4
     d = DRDM(cfg.diffusion)
