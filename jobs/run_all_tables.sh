@@ -12,8 +12,6 @@ $T sampler --steps 1000
 $T table3 --steps 600
 $T table4 --steps 600
 $T table7 --steps 600
-# does more training close the gap to the context profile? (ZoomDiff alone, 3x the Table I budget)
-$T table1 --steps 3000 --tag _3000steps --models ZoomDiff
 # real data: MobileBJ grid (NPDiff, 28x24, 1 week hourly; no urban context) and UoMo Nanjing (POI + users)
 mkdir -p runs/tables/data
 [ -d runs/tables/data/mobilebj.zarr ] || mobscale data import grid-npy ../shared/data/reference/npdiff_mobile/MobileBJ.npy --layout 28x24 --out runs/tables/data/mobilebj.zarr
