@@ -72,6 +72,8 @@ def train(args, table: str, name: str, config: str, store: Path, sets: list[str]
     common = list(args.set)
     if "profile" in config or "historical" in config:  # statistical references have no network or diffusion
         common = [x for x in common if not x.startswith(("model.", "diffusion.", "train."))]
+    if config == "demo.yaml":  # ZoomDiff's own overrides (e.g. model.tpe_periodic=0 for the paper's TPE alone)
+        common += list(args.zd_set)
     cfg = load(REPO / "configs" / config, base + common + list(sets or []))
     if export.exists():
         return run / "export"
@@ -193,7 +195,7 @@ def write(args, table: str, md: str, raw: dict) -> None:
 def protocol(args, store: Path) -> str:
     return (f"Data: `{store}` ({'synthetic city ' + args.size + ', ' + str(args.days) + ' days, seed ' + str(args.city_seed) if args.data == 'synthetic' else 'real store'}); "
             f"test split: {'the last days, all places (split_by=time)' if any('split_by=time' in x for x in args.set) else 'held-out southern band of patches, all hours (split_by=band)'}; "
-            f"{args.steps} training steps per model; overrides {args.set or 'none'}; "
+            f"{args.steps} training steps per model; overrides {args.set or 'none'}{f', ZoomDiff only {args.zd_set}' if args.zd_set else ''}; "
             f"sampling: 1 sample, seed 0, each model's configured sampler{'' if args.steps_per_stage is None else f' overridden to {args.steps_per_stage} DDIM steps per stage'}"
             f"{'' if args.eta is None else f', DDIM eta overridden to {args.eta}'}. "
             f"MAE/RMSE/spRMSE in MB per unit per hour; PSNR with L = max of the real data of that level. "
@@ -424,6 +426,8 @@ def main() -> None:
     ap.add_argument("--eta", type=float, default=None, help="override the DDIM eta of models that sample with DDIM (0 = deterministic)")
     ap.add_argument("--out", default=str(REPO / "results"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides for every model (e.g. data.windows.patch=8)")
+    ap.add_argument("--zd-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config overrides for the ZoomDiff models only (e.g. model.tpe_periodic=0)")
     ap.add_argument("--work", default=str(REPO / "runs" / "tables"), help="trained models and generated stores (cached)")
     ap.add_argument("--tag", default="", help="suffix of the result files (e.g. _mobilebj)")
     args = ap.parse_args()
