@@ -119,7 +119,7 @@ def test_region(args, store: Path, config: str) -> tuple[slice, slice, slice]:
 
 def score(real: Path, synth: Path | xr.Dataset, region, levels=("bs", "cell", "grid100", "grid50"), resolutions=("1h",)) -> dict:
     from mobscale.eval import traffic_metrics
-    from mobscale.eval.cli import to_synthetic_step
+    from mobscale.eval.metrics import to_synthetic_step
 
     ys, xs, ts = region
     s = synth if isinstance(synth, xr.Dataset) else open_city(synth)

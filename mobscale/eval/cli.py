@@ -25,7 +25,7 @@ from mobscale.data.store import atomic_output, has_group, open_city, open_users
 from mobscale.errors import InputDataError, OutputExistsError, StoreError
 from mobscale.eval import report
 from mobscale.eval.distributions import jsd_convention
-from mobscale.eval.metrics import finalize_traffic, metrics_to_dict, traffic_statistics
+from mobscale.eval.metrics import finalize_traffic, metrics_to_dict, to_synthetic_step, traffic_statistics
 from mobscale.eval.privacy import dcr_audit
 from mobscale.eval.trajectories import read_gps, read_movesim, split_days, trajectory_metrics
 from mobscale.eval.users import users_metrics
@@ -102,17 +102,6 @@ def _daily_profiles(ds: xr.Dataset, lvl: str, name: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- targets
-
-
-def to_synthetic_step(real: xr.Dataset, synth: xr.Dataset, real_name: str, synth_name: str) -> xr.Dataset:
-    """``real`` summed to the generated store's native step when that step is a whole multiple of the real one
-    (a model trained at 1 h on a 15-min store writes 1 h); any other mismatch is left to the compatibility check."""
-    rs, ss = pyramid.time_step_minutes(real), pyramid.time_step_minutes(synth)
-    if ss != rs and ss % rs == 0:
-        log.warning("%s is at %d min and %s at %d min: scoring against the real traffic summed to %d min",
-                    real_name, rs, synth_name, ss, ss)
-        return pyramid.at_time_step(real, ss)
-    return real
 
 
 def _traffic(args, out: Path, console: Console) -> dict:

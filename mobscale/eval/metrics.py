@@ -140,6 +140,17 @@ def check_compatible(real: xr.Dataset, synth: xr.Dataset, levels: Sequence[str],
                              "real and generated stores must describe the same city and time span")
 
 
+def to_synthetic_step(real: xr.Dataset, synth: xr.Dataset, real_name: str, synth_name: str) -> xr.Dataset:
+    """``real`` summed to the generated store's native step when that step is a whole multiple of the real one
+    (a model trained at 1 h on a 15-min store writes 1 h); any other mismatch is left to the compatibility check."""
+    rs, ss = pyramid.time_step_minutes(real), pyramid.time_step_minutes(synth)
+    if ss != rs and ss % rs == 0:
+        log.warning("%s is at %d min and %s at %d min: scoring against the real traffic summed to %d min",
+                    real_name, rs, synth_name, ss, ss)
+        return pyramid.at_time_step(real, ss)
+    return real
+
+
 def check_resolutions(native_minutes: int, resolutions: Sequence[str], n_steps: int) -> None:
     for r in resolutions:
         try:

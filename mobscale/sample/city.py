@@ -375,6 +375,7 @@ def finalize(spec: SampleSpec, lay: Layout, progress: bool = True) -> dict:
     # the real data by definition: every stage output is zeroed there before unit totals and reconciliation
     observed = np.asarray(root["observed"].values) > 0 if "observed" in root else None
     umaps = {lvl: pyramid.unit_map(root, lvl) for lvl in schema.SPATIAL_LEVELS}
+    unit_pixels = {lvl: _unit_pixels(um, n, observed) for lvl, (um, n) in umaps.items()}
     hours = {"1d": 24, "4h": 4, "2h": 2, "1h": 1}
     last_at = {}
     for k, (lvl, res) in enumerate(lay.stages):
@@ -396,7 +397,7 @@ def finalize(spec: SampleSpec, lay: Layout, progress: bool = True) -> dict:
                 um, n = umaps[lvl]
                 U = pyramid.units_sum(D[k], um, n)
                 totals.append(U)
-                D[k] = (U / _unit_pixels(um, n, observed))[:, um]
+                D[k] = (U / unit_pixels[lvl])[:, um]
                 if observed is not None:
                     D[k] *= observed
             F = D[-1]

@@ -157,7 +157,7 @@ def test_eval_sums_a_finer_real_store_to_the_generated_step(tmp_path):
     said: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: said.append(record.getMessage())  # the project logger does not propagate to root
-    logging.getLogger("mobscale").addHandler(handler)
+    logging.getLogger("mobscale.eval.metrics").addHandler(handler)  # setup_logging resets the "mobscale" handlers
     res = {}
     try:
         for name in ("fine", "hourly"):
@@ -165,7 +165,7 @@ def test_eval_sums_a_finer_real_store_to_the_generated_step(tmp_path):
                          "--levels", "bs", "grid50", "--resolutions", "1h", "4h", "--no-report", "--out", str(tmp_path / name)]) == 0
             res[name] = json.loads((tmp_path / name / "metrics.json").read_text())["metrics"]
     finally:
-        logging.getLogger("mobscale").removeHandler(handler)
+        logging.getLogger("mobscale.eval.metrics").removeHandler(handler)
     assert any("scoring against the real traffic summed to 60 min" in m for m in said)  # said, not silent
     for lvl in ("bs", "grid50"):
         for r in ("1h", "4h"):
