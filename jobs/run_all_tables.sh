@@ -5,16 +5,31 @@ cd "$(dirname "$0")/.."
 . .venv/bin/activate
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 T="python jobs/zoomdiff_tables.py"
-$T table1 --steps 1000
-$T table6 --steps 1000
-$T efficiency --steps 1000
-$T sampler --steps 1000
-$T table3 --steps 600
-$T table4 --steps 600
-$T table7 --steps 600
+# the tables made before the profile prior became the demo default (2026-12-06) and the daily harmonics (2026-11-25)
+P="--zd-set diffusion.profile_prior=none --zd-set model.tpe_periodic=0"
+$T table1 --steps 1000 $P
+$T table6 --steps 1000 $P
+$T efficiency --steps 1000 $P
+$T sampler --steps 1000 $P
+$T table3 --steps 600 $P
+$T table4 --steps 600 $P
+$T table7 --steps 600 $P
 # real data: MobileBJ grid (NPDiff, 28x24, 1 week hourly; no urban context) and UoMo Nanjing (POI + users)
 mkdir -p runs/tables/data
 [ -d runs/tables/data/mobilebj.zarr ] || mobscale data import grid-npy ../shared/data/reference/npdiff_mobile/MobileBJ.npy --layout 28x24 --out runs/tables/data/mobilebj.zarr
 [ -d runs/tables/data/uomo_nj.zarr ] || mobscale data import uomo ../shared/data/uomo_china_mobile/uomo_TrafficNJ_15min.npz --out runs/tables/data/uomo_nj.zarr
-$T table1 --steps 1000 --data runs/tables/data/mobilebj.zarr --tag _mobilebj --set data.windows.patch=8 --set data.windows.split_by=time --set data.windows.test_fraction=0.3
-$T table1 --steps 1000 --data runs/tables/data/uomo_nj.zarr --tag _uomo_nj --set data.windows.patch=4 --set sample.overlap=0 --set data.windows.split_by=time --set data.windows.test_fraction=0.3
+$T table1 --steps 1000 --data runs/tables/data/mobilebj.zarr --tag _mobilebj --set data.windows.patch=8 --set data.windows.split_by=time --set data.windows.test_fraction=0.3 $P
+$T table1 --steps 1000 --data runs/tables/data/uomo_nj.zarr --tag _uomo_nj --set data.windows.patch=4 --set sample.overlap=0 --set data.windows.split_by=time --set data.windows.test_fraction=0.3 $P
+# 2026-12-06: several samples per model (ensemble CRPS, sample-mean MAE, oracle rows) and the profile prior
+$T table1 --steps 1000 --models ZoomDiff --samples 4 --tag _samples4 --zd-set diffusion.profile_prior=none
+$T table1 --steps 1000 --models ZoomDiff --samples 4 --tag _profile --zd-set diffusion.profile_prior=context_profile
+$T table6 --steps 1000 --tag _profile --zd-set diffusion.profile_prior=context_profile
+U="--data runs/tables/data/uomo_nj.zarr --set data.windows.patch=4 --set sample.overlap=0 --set data.windows.split_by=time --set data.windows.test_fraction=0.3"
+$T table1 --steps 1000 $U --models ZoomDiff --samples 4 --tag _uomo_nj_periodic --zd-set diffusion.profile_prior=none
+for p in context_profile:ctx historical:hist; do
+  $T table1 --steps 1000 $U --models ZoomDiff --samples 4 --tag _uomo_nj_profile_${p#*:} --zd-set diffusion.profile_prior=${p%:*}
+  $T table1 --steps 1000 $U --models ZoomDiff --samples 4 --tag _uomo_nj_stage0_${p#*:} --zd-set diffusion.profile_prior=${p%:*} --zd-set diffusion.profile_split=false
+  $T table1 --steps 5000 $U --models ZoomDiff --samples 4 --tag _uomo_nj_profile_${p#*:}_5k --zd-set diffusion.profile_prior=${p%:*}
+done
+$T table1 --steps 1000 $U --models ZoomDiff --samples 4 --steps-per-stage 20 --tag _uomo_nj_profile_hist_sps20 --zd-set diffusion.profile_prior=historical
+$T table1 --steps 10000 $U --models ZoomDiff --samples 4 --tag _uomo_nj_10k --zd-set diffusion.profile_prior=none

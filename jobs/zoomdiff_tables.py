@@ -95,6 +95,7 @@ def sample(args, export: Path, context: Path, out: Path, **kw) -> dict:
     own = load_export(export).config.sample  # each model samples with its own configured sampler unless overridden
     sps = own.steps_per_stage if args.steps_per_stage is None else args.steps_per_stage
     eta = own.eta if args.eta is None or not sps else args.eta  # eta applies to DDIM samplers only
+    kw.setdefault("num_samples", args.samples)
     spec = SampleSpec(export=str(export), context=str(context), out=str(out), seed=0, steps_per_stage=sps,
                       eta=eta, overlap=own.overlap, batch_size=16, **kw)
     return sample_city(spec, progress=False)
@@ -133,7 +134,37 @@ def score(real: Path, synth: Path | xr.Dataset, region, levels=("bs", "cell", "g
             for m in ds["metric"].values.tolist():
                 out.setdefault(f"{lvl}@{res}", {})[m] = float(ds["value"].sel(metric=m, level=lvl, resolution=res))
             out[f"{lvl}@{res}"]["psnr_data_range"] = float(ds["data_range"].sel(level=lvl, resolution=res))
+            for m in ds["ensemble_metric"].values.tolist():
+                out[f"{lvl}@{res}"][m] = float(ds["ensemble"].sel(ensemble_metric=m, level=lvl, resolution=res))
     return out
+
+
+def gen_path(args, table: str, name: str) -> Path:
+    """Where a model's generated store goes (cached): one per table, tag and number of samples."""
+    p = Path(args.work) / "gen" / f"{args.tag}" / table / (f"{name}.zarr" if args.samples == 1 else f"{name}_s{args.samples}.zarr")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def oracle(args, store: Path, region, keep_pixel_factor: bool) -> dict:
+    """The synthetic city's own generator drawn again ``--samples`` times (SynthConfig.realisation 1..S): same
+    context, BS and cells, new noise, events and day factors, and -- unless ``keep_pixel_factor`` -- new hidden
+    per-pixel usage factors. The latter is a perfect context-conditional generator: the best any model given only
+    the context can do, in every metric, up to its own sampling noise."""
+    from mobscale.data.synthetic import synth_city
+
+    cfg = SynthConfig.model_validate_json(open_city(store).attrs["config"])
+    tag = "keep" if keep_pixel_factor else "redraw"
+    paths = []
+    for r in range(1, args.samples + 1):
+        p = Path(args.work) / "data" / f"{store.stem}_oracle_{tag}_{r}.zarr"
+        if not is_store(p):
+            synth_city(cfg.model_copy(update={"realisation": r, "redraw_pixel_factor": not keep_pixel_factor}), p, progress=False)
+        paths.append(p)
+    keep = [schema.TRAFFIC_VAR[l] for l in schema.SPATIAL_LEVELS]
+    ens = xr.concat([open_city(p)[keep] for p in paths], dim="sample")
+    base = open_city(store).drop_vars(keep)
+    return score(store, base.assign({v: ens[v] for v in keep}), region)
 
 
 def zeros_like(real: Path) -> xr.Dataset:
@@ -196,9 +227,11 @@ def protocol(args, store: Path) -> str:
     return (f"Data: `{store}` ({'synthetic city ' + args.size + ', ' + str(args.days) + ' days, seed ' + str(args.city_seed) if args.data == 'synthetic' else 'real store'}); "
             f"test split: {'the last days, all places (split_by=time)' if any('split_by=time' in x for x in args.set) else 'held-out southern band of patches, all hours (split_by=band)'}; "
             f"{args.steps} training steps per model; overrides {args.set or 'none'}{f', ZoomDiff only {args.zd_set}' if args.zd_set else ''}; "
-            f"sampling: 1 sample, seed 0, each model's configured sampler{'' if args.steps_per_stage is None else f' overridden to {args.steps_per_stage} DDIM steps per stage'}"
+            f"sampling: {args.samples} sample(s), seed 0, each model's configured sampler{'' if args.steps_per_stage is None else f' overridden to {args.steps_per_stage} DDIM steps per stage'}"
             f"{'' if args.eta is None else f', DDIM eta overridden to {args.eta}'}. "
             f"MAE/RMSE/spRMSE in MB per unit per hour; PSNR with L = max of the real data of that level. "
+            f"{'With several samples, MAE etc. are means over the samples; crps = fair CRPS of the samples as a forecast distribution (for a noise-free reference: its MAE); mae_of_mean = MAE of the sample mean. ' if args.samples > 1 else ''}"
+            f"{'Oracle rows: the synthetic city generator itself drawn again (mobscale.config.data.SynthConfig.realisation). ' if args.oracle and args.data == 'synthetic' else ''}"
             f"Command: `python jobs/zoomdiff_tables.py {args.table} {' '.join(sys.argv[2:])}`. Lower is better except PSNR; best in bold.")
 
 
@@ -212,13 +245,16 @@ def references(args, table: str, store: Path, region) -> dict:
     refs = list(REFERENCES) if "population" in ds else []  # the context profile needs population
     if any(x.startswith("data.windows.split_by=time") for x in args.set):  # same places in training: history exists
         refs.append(("historical profile", "historical-demo.yaml", []))
+        refs.append(("historical profile (mean, no noise)", "historical-demo.yaml", ["model.noise=none"]))
     for name, cfgp, sets in refs:
         exp = train(args, table, name.replace(" ", "_").replace("(", "").replace(")", "").replace(",", ""), cfgp, store, sets)
-        gen = Path(args.work) / "gen" / f"{args.tag}" / table / f"{exp.parent.name}.zarr"
-        gen.parent.mkdir(parents=True, exist_ok=True)
+        gen = gen_path(args, table, exp.parent.name)
         sample(args, exp, store, gen)
         rows[name] = score(store, gen, region)
     rows["zeros"] = score(store, zeros_like(store), region)
+    if open_city(store).attrs.get("kind") == "synthetic" and args.oracle:
+        rows["oracle: the city's generator redrawn (perfect context-conditional model)"] = oracle(args, store, region, False)
+        rows["oracle, knowing the hidden per-pixel factors"] = oracle(args, store, region, True)
     return rows
 
 
@@ -232,14 +268,15 @@ def table1(args) -> None:
     models = (("ZoomDiff", "demo.yaml"), ("CSDI-style", "csdi-demo.yaml"), ("DiT-style", "dit-demo.yaml"))
     for name, cfgp in [m for m in models if args.models is None or m[0] in args.models]:
         exp = train(args, "table1", name, cfgp, store)
-        gen = Path(args.work) / "gen" / f"{args.tag}" / "table1" / f"{name}.zarr"
-        gen.parent.mkdir(parents=True, exist_ok=True)
+        gen = gen_path(args, "table1", name)
         raw[name] = {"sample": sample(args, exp, store, gen)}
         rows[name] = score(store, gen, region)
     rows.update(references(args, "table1", store, region))
     cols = [("bs@1h", "mae"), ("bs@1h", "rmse"), ("cell@1h", "mae"), ("cell@1h", "rmse")]
     cols += [(f"{l}@1h", m) for l in ("grid100", "grid50") for m in ("mae", "rmse", "sprmse", "psnr")]
     cols += [(f"{l}@1h", "jsd_volume") for l in ("bs", "grid50")]
+    if args.samples > 1:
+        cols += [(f"{l}@1h", m) for l in ("bs", "cell", "grid100", "grid50") for m in ("crps", "mae_of_mean")]
     md = markdown("ZoomDiff Table I/II on our data: all models x levels (1 h)", protocol(args, store), rows, cols)
     write(args, "table1", md, {"rows": rows, "raw": raw})
 
@@ -421,6 +458,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--models", nargs="+", choices=["ZoomDiff", "CSDI-style", "DiT-style"], default=None,
                     help="table1: only these models (default: all three); the references are always reported")
+    ap.add_argument("--samples", type=int, default=1,
+                    help="samples per model (K > 1 adds the ensemble columns: fair CRPS and the MAE of the sample mean); "
+                         "mae/rmse/... are then means over the samples")
+    ap.add_argument("--oracle", action=argparse.BooleanOptionalAction, default=True,
+                    help="synthetic city: add the oracle rows (the city's own generator redrawn, --samples times)")
     ap.add_argument("--steps-per-stage", type=int, default=None, help="override every model's sampler steps (default: each config's)")
     ap.add_argument("--eta", type=float, default=None, help="override the DDIM eta of models that sample with DDIM (0 = deterministic)")
     ap.add_argument("--out", default=str(REPO / "results"))

@@ -31,6 +31,18 @@ class SynthConfig(Section):
     event_rate: float = Field(0.02, ge=0, description="bursty local events per km^2 per hour")
     noise_sigma: float = Field(0.35, ge=0, description="log-normal sigma of the per-pixel heavy-tailed noise")
     time_chunk: int = Field(24, ge=1, description="hours generated and written per chunk (bounds peak memory)")
+    realisation: int = Field(
+        0, ge=0,
+        description="0 = the city itself; r > 0 = another draw of the same city: same context, base stations and cells, "
+        "with the traffic noise, events and day factors (and, with redraw_pixel_factor, the hidden per-pixel usage "
+        "factors) drawn again. Such a store is a sample from the generator's true distribution given the context: "
+        "the 'oracle' reference a context-conditioned model can at best match",
+    )
+    redraw_pixel_factor: bool = Field(
+        True,
+        description="with realisation > 0, also redraw the hidden static per-pixel usage factor (not visible in the "
+        "context); false keeps it, an oracle that knows each pixel's hidden level",
+    )
 
     @field_validator("height", "width")
     @classmethod

@@ -87,6 +87,11 @@ class RunConfig(Section):
                 f"model.kind=historical needs the test places in training: data.windows.split_by=time (got '{split_by}'); "
                 "use model.kind=context_profile for unseen places"
             )
+        if getattr(self.diffusion, "profile_prior", "none") == "historical" and split_by != "time":
+            raise ValueError(
+                f"diffusion.profile_prior=historical needs the test places in training: data.windows.split_by=time (got "
+                f"'{split_by}'); use diffusion.profile_prior=context_profile for unseen places"
+            )
         # the city sampler tiles the city with windows of the training patch, overlapping by sample.overlap pixels
         patch, overlap = self.data.windows.patch, self.sample.overlap
         if self.model.kind not in ("mstdiff", "csdi_users") and overlap >= patch:  # per-user models do not tile

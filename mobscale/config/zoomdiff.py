@@ -63,6 +63,21 @@ class DRDMConfig(Section):
         "previous endpoint at the stage's last step (matches training when abar_end > 0)",
     )
     project_stages: bool = Field(True, description="project each stage output onto its level (piecewise constant)")
+    profile_prior: Literal["none", "context_profile", "historical"] = Field(
+        "none",
+        description="a statistical reference (mobscale.model.statistical, noise-free) fitted on the training split as "
+        "the prior H of eq. 7 (x0 = H + residual). none = the paper: stage 0 has no prior and stage k's prior is "
+        "stage k-1. With a reference, stage 0's prior is the reference projected to its level, and (profile_split) "
+        "stage k's prior is stage k-1 spread over stage k's units and time blocks by the reference's shares, so the "
+        "network learns the departure from the reference instead of the whole traffic. historical needs "
+        "data.windows.split_by=time (it only knows the fitted places); context_profile works on new places and "
+        "cities. Not in the paper; measured in results/README.md",
+    )
+    profile_split: bool = Field(
+        True,
+        description="with profile_prior: stage k > 0's prior is stage k-1 split by the reference's shares (true) or "
+        "stage k-1 itself as in the paper (false: the reference then only gives stage 0 its prior)",
+    )
 
     @model_validator(mode="after")
     def _check(self):
@@ -76,6 +91,9 @@ class DRDMConfig(Section):
             raise ValueError(f"drdm.temporal must be distinct and ordered coarse -> fine ({order_t})")
         if self.steps < 2 * max(len(self.spatial), len(self.temporal)):
             raise ValueError("drdm.steps too small for the number of stages")
+        if self.profile_prior != "none" and self.fusion == "none":
+            raise ValueError(f"drdm.profile_prior={self.profile_prior} acts through the prior noise, which fusion=none "
+                             "switches off (w/o PN): choose fusion mlp, mix or add, or profile_prior=none")
         return self
 
 

@@ -223,9 +223,14 @@ def build_layout(cfg: SynthConfig, rng: np.random.Generator) -> CityLayout:
     norm = lambda a: (a / a.sum()) if a.sum() > 0 else np.full_like(a, 1.0 / a.size)  # noqa: E731
     residents = float(km2 * rng.uniform(9000, 13000))
     # static per-pixel usage factor: heavy-tailed (log-normal), spatially mixed
-    pixel_factor = np.exp(0.45 * (0.6 * _smooth_noise(rng, (H, W), 2) + 0.8 * rng.standard_normal((H, W))) - 0.5 * 0.45**2)
     return CityLayout(aoi, house, zone, poi, norm(home), norm(work), norm(leisure), norm(transit), residents,
-                      pixel_factor.astype(np.float64), centres)
+                      _pixel_factor(rng, H, W), centres)
+
+
+def _pixel_factor(rng: np.random.Generator, H: int, W: int) -> np.ndarray:
+    """Static per-pixel usage factor: heavy-tailed (log-normal, mean 1), part spatially smooth, part i.i.d. Hidden:
+    nothing in the context reveals it."""
+    return np.exp(0.45 * (0.6 * _smooth_noise(rng, (H, W), 2) + 0.8 * rng.standard_normal((H, W))) - 0.5 * 0.45**2).astype(np.float64)
 
 
 def population_by_hour_of_week(lay: CityLayout) -> np.ndarray:
@@ -420,10 +425,15 @@ def synth_city(cfg: SynthConfig, out: str | Path, overwrite: bool = False, progr
     H, W = cfg.height, cfg.width
     start = pd.Timestamp(cfg.start)
     times = pd.date_range(start, periods=24 * cfg.days, freq="h")
-    traffic = TrafficModel(cfg, lay, population, times, np.random.SeedSequence(cfg.seed, spawn_key=(101,)))
+    # realisation r > 0: the same city (context, BS, cells) with its random traffic drawn again from its own streams
+    key = (101,) if cfg.realisation == 0 else (101, cfg.realisation)
+    traffic = TrafficModel(cfg, lay, population, times, np.random.SeedSequence(cfg.seed, spawn_key=key))
     # BS placement needs expected demand; mean population x usage x pixel factor is its noise-free expectation
     demand = population.mean(0) * lay.pixel_factor * traffic.aoi_usage
     bs_yx = place_base_stations(cfg, lay, demand, r["bs"])
+    if cfg.realisation and cfg.redraw_pixel_factor:
+        # after BS placement, so the network layout stays that of the city; TrafficModel reads lay.pixel_factor per hour
+        lay.pixel_factor = _pixel_factor(np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(102, cfg.realisation))), H, W)
     pixel_cell, cell_bs, cell_sector, cell_az, bs_keep = assign_cells(bs_yx, H, W, r["cells"])
     bs_yx = bs_yx[bs_keep]
     ds = _static_dataset(cfg, lay, population, times, pixel_cell, cell_bs, cell_sector, cell_az, bs_yx)

@@ -301,7 +301,7 @@ class CityWindows(torch.utils.data.Dataset):
     def data_info(self) -> dict:
         a = self.arr
         return {"patch": self.P, "hours": self.L, "n_poi": int(a.poi.shape[0]), "n_aoi": int(a.n_aoi),
-                "n_house_road": int(a.n_house_road), "stages": self.stages}
+                "n_house_road": int(a.n_house_road), "stages": self.stages, "has_population": a.pop_by is not None}
 
     def level_density(self, lvl: str, w: Window, g50: np.ndarray | None = None) -> np.ndarray:
         return self.arr.level_density(lvl, w, self.L, self.P, g50)

@@ -51,7 +51,7 @@ bit-reproducible on CPU.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -288,25 +288,67 @@ class DRDM:
         sa, s1a = self._coef(n, x0)
         return sa * x0 + s1a * eps
 
-    def prior_terms(self, x_n: torch.Tensor, z: torch.Tensor, n: torch.Tensor, stage: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(eps_prior, P) of eq. 10 for items at ``stage`` with coarser clean data ``z``; 0 where stage == 0.
+    def has_prior(self, stage: torch.Tensor, prior0: bool = False) -> torch.Tensor:
+        """(B,) bool: items whose stage has a prior H: every stage after the first, and stage 0 too when a
+        profile prior (DRDMConfig.profile_prior) is given."""
+        return torch.ones_like(stage, dtype=torch.bool) if prior0 else stage > 0
+
+    def _project_lin(self, lin: torch.Tensor, k: int, units: torch.Tensor) -> torch.Tensor:
+        s = self.plan.stages[k]
+        return ops.project(lin, None if s.level == "grid50" else units[:, s.level_index], s.block)
+
+    def profile_prior(self, k: int, prev: torch.Tensor | None, profile: torch.Tensor, units: torch.Tensor,
+                      normaliser: Transform) -> torch.Tensor:
+        """The prior H of stage k from a reference profile (DRDMConfig.profile_prior), normalised (B, L, P, P).
+
+        profile: (B, L, P, P) the reference's traffic at the finest level, linear density. Stage 0: the profile
+        projected onto stage 0's level. Stage k > 0 (``cfg.profile_split``): the coarser clean stage ``prev``
+        (normalised; the stage-(k-1) target in training, the previous endpoint in sampling) spread over stage k's
+        units and time blocks by the profile's shares, i.e. prev x P_k(profile) / P_{k-1}(profile) in linear space,
+        projected onto stage k's level (P_j = unit and block mean of stage j; a unit whose profile is 0 keeps the
+        coarse value: a uniform split). It keeps the coarse totals where the levels nest and hands the network
+        the reference's within-unit shape, so it only learns the departure from it. Without the split: prev.
+        """
+        if k == 0:
+            return normaliser.forward(self._project_lin(profile, 0, units))
+        if prev is None:
+            raise ValueError(f"profile_prior: stage {k} needs the coarser stage")
+        if not self.cfg.profile_split:
+            return prev
+        fine = self._project_lin(profile, k, units)
+        coarse = self._project_lin(profile, k - 1, units)
+        share = torch.where(coarse > 0, fine / coarse.clamp(min=1e-30), torch.ones_like(fine))
+        return normaliser.forward(self._project_lin(normaliser.inverse(prev) * share, k, units))
+
+    def profile_priors(self, targets: torch.Tensor, profile: torch.Tensor, units: torch.Tensor, normaliser: Transform) -> torch.Tensor:
+        """(B, K, L, P, P) training priors of every stage from the normalised ``targets`` (B, K, L, P, P): stage 0
+        from the profile, stage k from target k-1 (see :meth:`profile_prior`)."""
+        return torch.stack([self.profile_prior(k, targets[:, k - 1] if k else None, profile, units, normaliser) for k in range(self.K)], 1)
+
+    def prior_terms(self, x_n: torch.Tensor, z: torch.Tensor, n: torch.Tensor, stage: torch.Tensor,
+                    has: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps_prior, P) of eq. 10 for items at ``stage`` with coarser clean data ``z``; 0 where an item has no
+        prior (``has`` (B,) bool, default stage > 0).
 
         eps_prior = (x_n - sqrt(abar) z) / sqrt(1 - abar): the noise x_n implies if its clean data were z.
         P = sqrt(abar / (1 - abar)) z, so that eps_prior = (x_n / sqrt(1 - abar)) - P.
         """
         sa, s1a = self._coef(n, x_n)
-        has = (stage > 0).view((-1,) + (1,) * (x_n.ndim - 1))
+        has = (stage > 0 if has is None else has).view((-1,) + (1,) * (x_n.ndim - 1))
         eps_prior = torch.where(has, (x_n - sa * z) / s1a, torch.zeros_like(x_n))
         P = torch.where(has, sa / s1a * z, torch.zeros_like(x_n))
         return eps_prior, P
 
-    def estimate_eps(self, denoiser: Denoiser, x_n: torch.Tensor, n: torch.Tensor, stage: torch.Tensor, cond: Any, z: torch.Tensor | None) -> torch.Tensor:
+    def estimate_eps(self, denoiser: Denoiser, x_n: torch.Tensor, n: torch.Tensor, stage: torch.Tensor, cond: Any, z: torch.Tensor | None,
+                     prior0: bool = False) -> torch.Tensor:
         """Sigma of eq. 13: the network's noise estimate fused with the prior of ``z`` per ``cfg.fusion``.
 
-        x_n: (B, L, P, P); n, stage: (B,) int64; z: (B, L, P, P) coarser clean data (ignored where stage == 0;
-        None when every item is at stage 0).
+        x_n: (B, L, P, P); n, stage: (B,) int64; z: (B, L, P, P) coarser clean data (ignored where stage == 0
+        unless ``prior0``: then z of stage-0 items is their stage-0 prior H; None when every item is at stage 0
+        and there is no stage-0 prior).
         """
         fusion = self.cfg.fusion
+        has = self.has_prior(stage, prior0 and z is not None)
 
         def net(eps_prior: torch.Tensor | None) -> torch.Tensor:
             out = denoiser(x_n, n, stage, cond, eps_prior)
@@ -320,12 +362,13 @@ class DRDM:
             if bool((stage > 0).any()):
                 raise ValueError("estimate_eps: items beyond stage 0 need the coarser stage z for the prior")
             return net(None)
+        hv = has.view((-1,) + (1,) * (x_n.ndim - 1))
         if isinstance(cond, dict):
-            # the previous stage's endpoint as an input the backbone may use (models with prior_input); zero at
-            # stage 0. Absent with fusion=none, so the w/o-PN ablation cuts every link between stages.
-            has = (stage > 0).view((-1,) + (1,) * (x_n.ndim - 1))
-            cond = {**cond, "prior_z": torch.where(has, z, torch.zeros_like(z))}
-        eps_prior, P = self.prior_terms(x_n, z, n, stage)
+            # the previous stage's endpoint (or the stage-0 prior) as an input the backbone may use (models with
+            # prior_input); zero where an item has no prior. Absent with fusion=none, so the w/o-PN ablation cuts
+            # every link between stages. "has_prior" tells the learned fusion which items to fuse.
+            cond = {**cond, "prior_z": torch.where(hv, z, torch.zeros_like(z)), "has_prior": has}
+        eps_prior, P = self.prior_terms(x_n, z, n, stage, has)
         if fusion == "mlp":
             return net(eps_prior)
         eps_theta = net(None)
@@ -333,17 +376,19 @@ class DRDM:
             return eps_theta + P
         if fusion == "mix":
             lam = self.cfg.fusion_lambda
-            has = (stage > 0).view((-1,) + (1,) * (x_n.ndim - 1))
-            return torch.where(has, (1 - lam) * eps_theta + lam * eps_prior, eps_theta)
+            return torch.where(hv, (1 - lam) * eps_theta + lam * eps_prior, eps_theta)
         raise ConfigError(f"drdm.fusion: unknown '{fusion}'")
 
     # ------------------------------------------------------------------ training (HNaP, eq. 12)
 
-    def training_inputs(self, targets: torch.Tensor, n: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def training_inputs(self, targets: torch.Tensor, n: torch.Tensor, eps: torch.Tensor,
+                        priors: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(stage, x_n, z) for items at global steps n: (B,), noise eps: (B, L, P, P).
 
-        x0 is the item's stage target (SA) or the finest target (CA); z the stage-(k-1) target (the prior's
-        clean data; zeros for stage-0 items), None when the plan has a single stage.
+        x0 is the item's stage target (SA) or the finest target (CA); z the prior's clean data: the stage-(k-1)
+        target (for stage-0 items the stage-0 target, which the prior terms ignore), or with ``priors`` (B, K, L,
+        P, P) (a profile prior, :meth:`profile_priors`) the item's own stage's prior; None when the plan has a
+        single stage and there are no priors.
         """
         if targets.ndim != 5 or targets.shape[1] != self.K:
             raise ValueError(f"targets must be (B, K={self.K}, L, P, P), got {tuple(targets.shape)}")
@@ -353,12 +398,19 @@ class DRDM:
         x0 = targets[rows, stage] if self.cfg.adding == "SA" else targets[:, -1]
         x_n = self.add_noise(x0, eps, n)
         z = targets[rows, (stage - 1).clamp(min=0)] if self.K > 1 else None
+        if priors is not None:
+            if priors.shape != targets.shape:
+                raise ValueError(f"priors must be (B, K, L, P, P) = {tuple(targets.shape)}, got {tuple(priors.shape)}")
+            z = priors[rows, stage].to(x_n.dtype)
         return stage, x_n, z
 
-    def training_loss(self, denoiser: Denoiser, targets: torch.Tensor, cond: Any, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(self, denoiser: Denoiser, targets: torch.Tensor, cond: Any, generator: torch.Generator | None = None,
+                      priors: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Eq. 12 on one batch: n ~ U[0, N) per item, eps ~ N(0, I); returns (mean squared error, metrics).
 
-        targets: (B, K, L, P, P) normalised stage densities. metrics: "loss" and, for every stage k,
+        targets: (B, K, L, P, P) normalised stage densities; priors: (B, K, L, P, P) normalised prior H of every
+        stage from a profile prior (DRDMConfig.profile_prior, :meth:`profile_priors`), or None (the paper: stage
+        k's prior is target k-1, stage 0 has none). metrics: "loss" and, for every stage k,
         "loss_stage{k}" = (sum of the per-item losses at stage k) / (B p_k), p_k = steps_k / N the chance of
         drawing stage k. Every key is present in every batch (0 when no item drew stage k), and the plain
         mean over batches, micro-batches and ranks is an unbiased estimate of the stage's mean loss, which is
@@ -368,8 +420,8 @@ class DRDM:
         dev = targets.device
         n = torch.randint(0, self.N, (B,), generator=generator, device=dev)
         eps = torch.randn(targets[:, 0].shape, generator=generator, device=dev, dtype=targets.dtype)
-        stage, x_n, z = self.training_inputs(targets, n, eps)
-        est = self.estimate_eps(denoiser, x_n, n, stage, cond, z)
+        stage, x_n, z = self.training_inputs(targets, n, eps, priors)
+        est = self.estimate_eps(denoiser, x_n, n, stage, cond, z, prior0=priors is not None)
         per_item = (est - eps).pow(2).flatten(1).mean(1)
         loss = per_item.mean()
         with torch.no_grad():
@@ -423,6 +475,7 @@ class DRDM:
         eta: float = 0.0,
         start_stage: int | None = None,
         coarse: torch.Tensor | None = None,
+        prior_fn: Callable[[int, torch.Tensor | None], torch.Tensor] | None = None,
         device: torch.device | str | None = None,
         progress: bool = False,
     ) -> SampleResult:
@@ -434,6 +487,10 @@ class DRDM:
         jumps over m evenly spaced steps per stage (eta = 0 deterministic, 1 ~ ancestral variance).
         Refinement: ``start_stage`` = k and ``coarse`` (B, L, P, P) the normalised density at stage k's
         level; stage k's endpoint is taken to be ``coarse`` and only the finer stages are generated.
+        prior_fn: for a model trained with a profile prior (DRDMConfig.profile_prior): ``prior_fn(k, prev)`` ->
+        the normalised prior H of stage k (B, L, P, P) given the previous endpoint ``prev`` (None at stage 0),
+        e.g. :meth:`profile_prior` bound to the batch's profile; stage 0 then has a prior too, used as the later
+        stages use theirs (prior noise, prior input, start). None: the paper (stage k's prior is endpoint k-1).
         device: where the noise is drawn (default: that of ``coarse``, else ``units``, else CPU); the
         generator must live there too. ``generator`` may be a list of B generators (one noise stream per
         sample), which makes each sample independent of its batch companions.
@@ -454,6 +511,14 @@ class DRDM:
                 raise ValueError(f"sample: start_stage must be in [0, {self.K - 1}) to leave a finer stage to generate, got {start_stage}")
             if tuple(coarse.shape) != tuple(shape):
                 raise ValueError(f"sample: coarse has shape {tuple(coarse.shape)}, expected {tuple(shape)}")
+
+        def prior_of(k: int, prev: torch.Tensor | None) -> torch.Tensor | None:
+            if prior_fn is None:
+                return prev
+            h = prior_fn(k, prev)
+            if tuple(h.shape) != tuple(shape):
+                raise ValueError(f"sample: prior_fn gave shape {tuple(h.shape)} for stage {k}, expected {tuple(shape)}")
+            return h.to(device=dev, dtype=torch.float32)
         ddim = steps_per_stage is not None
 
         def randn() -> torch.Tensor:
@@ -477,8 +542,11 @@ class DRDM:
             sched, off = self.chains[k], self.offsets[k]
             ts = self.visited_steps(k, steps_per_stage)
             # 1. the state at the top of stage k
+            z = prior_of(k, z)  # this stage's prior: the previous endpoint, or a profile prior built on it
             if k == 0:
-                x = randn()
+                # with a profile prior and SD 'prior' starts, stage 0 starts like every other stage: from the
+                # forward marginal of its prior at the top step (which is near N(0, I) anyway)
+                x = sched.add_noise(z, randn(), ts[0]) if z is not None and cfg.stage_start == "prior" else randn()
             elif cfg.denoising == "SD" or carry is None and cfg.noise == "CN":
                 # SD restarts; a CN + CD refinement has no chain state yet, so it starts from the forward
                 # marginal of the provided coarse data, as 'prior' does
@@ -495,7 +563,7 @@ class DRDM:
             endpoint = None
             for i, t in enumerate(ts):
                 n_t = torch.full((B,), t + off, dtype=torch.long, device=dev)
-                sigma = self.estimate_eps(denoiser, x, n_t, stage_t, cond, z if k > 0 else None)
+                sigma = self.estimate_eps(denoiser, x, n_t, stage_t, cond, z, prior0=prior_fn is not None)
                 last = i == len(ts) - 1
                 if last:
                     endpoint = sched.predict_x0(x, sigma, t)

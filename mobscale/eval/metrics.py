@@ -24,6 +24,15 @@ Metrics per (level, resolution); x real, x^ generated, over the N = T x U values
 * ``periodic_rmse``: RMSE (over time and units) between the daily periodic components of real and generated
   series, unit by unit (NaN at 1d, where a day is one step)                             (MSTDiff)
 
+Ensemble metrics (``ds["ensemble"]`` (ensemble_metric, level, resolution)), all samples together:
+
+* ``crps``: fair CRPS of the S samples as a forecast distribution of each value; the MAE when S = 1
+* ``mae_of_mean`` / ``rmse_of_mean``: errors of the sample mean; ``members``: S
+
+Why both: one sample of a calibrated generator carries the data's own noise, so its MAE cannot beat the noise-free
+conditional mean (the best point forecast); the CRPS rewards sharpness *and* calibration, and the true conditional
+distribution minimises it.
+
 Memory: O(T^2) per (level, resolution, sample) for the RV Gram matrices (skipped with a warning when T exceeds
 ``max_gram_steps``), O(bins) for histograms, O(1) for everything else; data are read one block of units at a time,
 each block holding the whole time axis, and read twice (pass 1: value ranges for the shared bins).
@@ -44,6 +53,7 @@ from mobscale.errors import InputDataError, StoreError
 from mobscale.eval.distributions import Bins, JSDConvention, daily_harmonics, jensen_shannon, jsd_convention
 from mobscale.eval.stats import (
     Counts,
+    EnsembleErrors,
     ErrorMoments,
     Extrema,
     Gram,
@@ -63,6 +73,8 @@ TRAFFIC_METRICS = (
     "jsd_volume", "jsd_diff", "periodic_rmse",
 )
 HIGHER_IS_BETTER = {"psnr", "rv_real_synth"}
+#: metrics of the generated samples taken together (variable ``ensemble``), see the module docstring
+ENSEMBLE_METRICS = ("crps", "mae_of_mean", "rmse_of_mean", "members")
 
 
 # ---------------------------------------------------------------- input checks
@@ -289,6 +301,7 @@ class LevelStats(Mergeable):
     real: SideStats
     synth: list[SideStats]
     pairs: list[PairStats]
+    ensemble: EnsembleErrors
 
 
 def _period(resolution: str) -> int:
@@ -331,6 +344,7 @@ def _stats_block(real: xr.Dataset, synth: xr.Dataset, plan: _Plan, block: UnitBl
             real=SideStats(Extrema.of(rm), Gram.of(rm) if grams[res] else None),
             synth=[SideStats(Extrema.of(x), Gram.of(x) if grams[res] else None) for x in sm],
             pairs=pairs,
+            ensemble=EnsembleErrors.of(rm, sm),
         )
     return out
 
@@ -473,6 +487,11 @@ def finalize_traffic(ts: TrafficStatistics, *, jsd: str | JSDConvention = "clean
                     v[idx["jsd_diff"]] = jensen_shannon(pr.diff_real.counts, pr.diff_synth.counts, conv,
                                                         what=f"jsd_diff {lvl} {res}")
                 v[idx["periodic_rmse"]] = pr.periodic.rmse
+    ens = np.full((len(ENSEMBLE_METRICS), len(L), len(R)), np.nan)
+    for li, lvl in enumerate(L):
+        for ri, res in enumerate(R):
+            e = ts.stats[(lvl, res)].ensemble
+            ens[:, li, ri] = (e.crps, e.mean_mae, e.mean_rmse, e.members)
     coords = {"metric": list(TRAFFIC_METRICS), "level": list(L), "resolution": list(R)}
     per = xr.DataArray(vals, dims=("sample", "metric", "level", "resolution"), coords={"sample": ts.samples, **coords})
     ds = xr.Dataset(
@@ -480,6 +499,10 @@ def finalize_traffic(ts: TrafficStatistics, *, jsd: str | JSDConvention = "clean
             "value": per.mean("sample").assign_attrs(long_name="metric value, mean over generated samples"),
             "spread": _spread(per).assign_attrs(long_name="standard deviation over generated samples (ddof=1; NaN for one sample)"),
             "per_sample": per.assign_attrs(long_name="metric value of each generated sample"),
+            "ensemble": xr.DataArray(ens, dims=("ensemble_metric", "level", "resolution"),
+                                     coords={"ensemble_metric": list(ENSEMBLE_METRICS), "level": list(L), "resolution": list(R)},
+                                     attrs={"long_name": "metrics of all generated samples together (crps: fair CRPS; "
+                                                         "*_of_mean: errors of the sample mean; members: S)"}),
             "data_range": xr.DataArray(rng, dims=("level", "resolution"), coords={"level": list(L), "resolution": list(R)},
                                        attrs={"long_name": "PSNR data range L (default: max of the real data)"}),
         }
@@ -502,6 +525,11 @@ def conventions(conv: JSDConvention, ts: TrafficStatistics | None = None, data_r
         "periodic_rmse": "RMSE between daily periodic components (Fourier bins at h cycles/day, whole days only), "
                          "unit by unit",
         "spread": "sample standard deviation over generated samples (ddof=1)",
+        "crps": "fair ensemble CRPS over the S generated samples, mean over values: mean_i |x_i - y| - "
+                "sum_{i != j} |x_i - x_j| / (2 S (S - 1)); the MAE when S = 1 (exact for a deterministic forecast). "
+                "A proper score: the true conditional distribution minimises it, so a calibrated generator can beat "
+                "the best point forecast here, which no single sample can do in MAE",
+        "mae_of_mean": "MAE of the mean of the S generated samples (a point forecast made from the generator)",
     }
     if ts is not None:
         out["bins"] = {f"{lvl}/{res}": [{"volume": v.as_dict(), "diff": d.as_dict()} for v, d in b]
@@ -546,5 +574,8 @@ def metrics_to_dict(ds: xr.Dataset) -> dict:
                     "per_sample": [_f(v) for v in ds["per_sample"].sel(sel).values],
                 }
             cell["data_range"] = _f(ds["data_range"].sel(level=lvl, resolution=res))
+            if "ensemble" in ds:
+                cell["ensemble"] = {m: _f(ds["ensemble"].sel(ensemble_metric=m, level=lvl, resolution=res))
+                                    for m in ds["ensemble_metric"].values.tolist()}
             out[lvl][res] = cell
     return out

@@ -310,6 +310,14 @@ def traffic_table_html(ds: xr.Dataset) -> str:
                 cells.append(f"<td>{html.escape(_fmt(float(ds['value'].sel(sel)), float(ds['spread'].sel(sel))))}</td>")
             rows.append(f"<tr><th>{html.escape(lvl)}</th>{''.join(cells)}</tr>")
         parts.append(f"<h3>{html.escape(res)}</h3><table class='m'><tr><th>level</th>{head}</tr>{''.join(rows)}</table>")
+        if "ensemble" in ds and int(ds.attrs.get("n_samples", 1)) > 1:  # CRPS etc. need several samples
+            ens = [m for m in ds["ensemble_metric"].values.tolist() if m != "members"]
+            erows = "".join(
+                f"<tr><th>{html.escape(lvl)}</th>" + "".join(
+                    f"<td>{float(ds['ensemble'].sel(ensemble_metric=m, level=lvl, resolution=res)):.4g}</td>" for m in ens) + "</tr>"
+                for lvl in ds["level"].values.tolist())
+            parts.append(f"<p>All {int(ds.attrs['n_samples'])} samples together (crps: fair ensemble CRPS; *_of_mean: errors of "
+                         f"the sample mean)</p><table class='m'><tr><th>level</th>{''.join(f'<th>{html.escape(m)}</th>' for m in ens)}</tr>{erows}</table>")
     return "".join(parts)
 
 

@@ -147,7 +147,8 @@ class StatisticalModel(nn.Module):
         """The finest level (B, L, P, P) linear density for a collated ContextWindows batch ("context",
         "units", "hour" (B, L) hour of week, "origin" (B, 3)); window b's noise comes from generators[b] only."""
         self._require_fitted()
-        hour = batch["hour"].long().cpu()
+        dev = self.grid.device  # where the statistics live: the result is computed there (CPU or GPU)
+        hour = batch["hour"].long().to(dev)
         B, L = hour.shape
         P = batch["units"].shape[-1]
         if len(generators) != B:
@@ -157,30 +158,30 @@ class StatisticalModel(nn.Module):
         noise = self.cfg.noise
         if self.kind == "historical":
             origin = self._origins(batch, P)
-            z = torch.empty(B, L, P, P)
+            z = torch.empty(B, L, P, P, device=dev)
             for b in range(B):
                 ys, xs = slice(int(origin[b, 1]), int(origin[b, 1]) + P), slice(int(origin[b, 2]), int(origin[b, 2]) + P)
                 zb = self.profile[:, ys, xs][slot[b]]
                 if noise == "residual":
-                    day = (hod[b, 0] + torch.arange(L)) // 24  # calendar day of each hour, relative to the window
-                    pick = torch.randint(self.residuals.shape[0], (int(day[-1]) + 1,), generator=generators[b])
+                    day = (hod[b, 0] + torch.arange(L, device=dev)) // 24  # calendar day of each hour, relative to the window
+                    pick = torch.randint(self.residuals.shape[0], (int(day[-1]) + 1,), generator=generators[b]).to(dev)
                     zb = zb + self.residuals[:, :, ys, xs][pick[day], hod[b]]
                 elif noise == "lognormal":
-                    eps = torch.randn((L, P, P), generator=generators[b])
+                    eps = torch.randn((L, P, P), generator=generators[b]).to(dev)
                     zb = zb + self.resid_mean[:, ys, xs][hod[b]] + self.resid_std[:, ys, xs][hod[b]] * eps
                 z[b] = zb
             return normaliser.inverse(z)
         ctx = batch["context"]
-        aoi = ctx["aoi"].long().cpu()
+        aoi = ctx["aoi"].long().to(dev)
         A = self.rate.shape[0]
         if int(aoi.min()) < 0 or int(aoi.max()) >= A:
             raise InputDataError(f"context 'aoi' holds code {int(aoi.max()) if int(aoi.max()) >= A else int(aoi.min())}, outside [0, {A}) the context profile was fitted on")
         a = aoi.unsqueeze(1)  # (B, 1, P, P)
         per = self.rate[a, slot.view(B, L, 1, 1)]  # (B, L, P, P)
-        pred = per * ctx["population"].float().cpu().clamp(min=0) if self.cfg.denominator == "population" else per
+        pred = per * ctx["population"].float().to(dev).clamp(min=0) if self.cfg.denominator == "population" else per
         if noise == "none":
             return pred
-        eps = torch.stack([torch.randn((L, P, P), generator=g) for g in generators])
+        eps = torch.stack([torch.randn((L, P, P), generator=g) for g in generators]).to(dev)
         h = hod.view(B, L, 1, 1)
         z = normaliser.forward(pred) + self.resid_mean[a, h] + self.resid_std[a, h] * eps
         return normaliser.inverse(z)

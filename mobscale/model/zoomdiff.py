@@ -17,7 +17,12 @@ Model contract (mobscale.diffusion.drdm.Denoiser): ``forward(x, n, stage, cond, 
   x: (B, L, P, P) float32; n, stage: (B,) int64; cond: the batch dict with "context" (aoi, house_road, poi,
   population; see encoders.ContextEncoder), "units" (B, 4, P, P) int64 and "hour" (B, L) int64;
   eps_prior: (B, L, P, P) or None. Returns (B, L, P, P): eps_theta, or the fused estimate when eps_prior is
-  given (items with stage == 0 are returned unfused).
+  given (items without a prior are returned unfused: cond["has_prior"] (B,) bool when the process sets it,
+  else those with stage == 0).
+
+Profile prior (DRDMConfig.profile_prior): the fitted statistical reference lives in ``stat_prior`` as buffers, so
+it travels with the weights in checkpoints and exports; :meth:`profile` evaluates it on a batch (the noise math
+that turns it into each stage's prior stays in mobscale.diffusion.drdm).
 """
 
 from __future__ import annotations
@@ -96,12 +101,13 @@ class PriorFusion(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, eps_theta: torch.Tensor, eps_prior: torch.Tensor, e: torch.Tensor, stage: torch.Tensor) -> torch.Tensor:
+    def forward(self, eps_theta: torch.Tensor, eps_prior: torch.Tensor, e: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+        """has: (B,) bool, the items that have a prior (fused); the others are returned unfused."""
         B = eps_theta.shape[0]
         f = torch.stack([eps_theta, eps_prior], dim=-1)  # (B, L, P, P, 2)
         h = F.silu(self.inp(f) + self.cond(e).view(B, 1, 1, 1, -1))
         fused = eps_theta + self.out(F.silu(self.hidden(h))).squeeze(-1)
-        return torch.where((stage > 0).view(B, 1, 1, 1), fused, eps_theta)
+        return torch.where(has.view(B, 1, 1, 1), fused, eps_theta)
 
 
 class ZoomDiffDenoiser(nn.Module):
@@ -112,7 +118,8 @@ class ZoomDiffDenoiser(nn.Module):
     fusion_dim: DRDMConfig.fusion and .fusion_dim.
     """
 
-    def __init__(self, cfg: ZoomDiffModelConfig, *, stages: list[tuple[str, str]], patch: int, n_aoi: int, n_house_road: int, n_poi: int, fusion: str = "none", fusion_dim: int = 32):
+    def __init__(self, cfg: ZoomDiffModelConfig, *, stages: list[tuple[str, str]], patch: int, n_aoi: int, n_house_road: int, n_poi: int, fusion: str = "none", fusion_dim: int = 32,
+                 profile_prior: str = "none", has_population: bool = True):
         super().__init__()
         if not stages:
             raise ConfigError("ZoomDiff model needs at least one stage")
@@ -145,6 +152,25 @@ class ZoomDiffDenoiser(nn.Module):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
         self.fusion = PriorFusion(W, fusion_dim) if fusion == "mlp" else None
+        self.stat_prior = None
+        if profile_prior != "none":
+            from mobscale.config.baselines import ContextProfileModelConfig, HistoricalModelConfig
+            from mobscale.model.statistical import StatisticalModel
+
+            # noise-free: the prior is the reference's mean; the diffusion supplies the variation around it
+            pcfg = (HistoricalModelConfig(noise="none", refine="uniform") if profile_prior == "historical" else
+                    ContextProfileModelConfig(noise="none", refine="uniform", denominator="population" if has_population else "pixel"))
+            self.stat_prior = StatisticalModel(pcfg)
+
+    @torch.no_grad()
+    def profile(self, batch: dict, normaliser) -> torch.Tensor | None:
+        """The profile prior's traffic for a batch of windows (context, units, hour, origin): (B, L, P, P) linear
+        density at the finest level, on the batch's device; None for a model without one. ``normaliser``: the
+        run's Normaliser (the historical profile is a mean in its space)."""
+        if self.stat_prior is None:
+            return None
+        B = batch["hour"].shape[0]
+        return self.stat_prior.generate(batch, [None] * B, normaliser).to(batch["hour"].device)
 
     @property
     def K(self) -> int:
@@ -191,7 +217,8 @@ class ZoomDiffDenoiser(nn.Module):
             return eps_theta
         if self.fusion is None:
             raise ConfigError("eps_prior given to a ZoomDiff model built without the learned fusion (diffusion.fusion != 'mlp')")
-        return self.fusion(eps_theta, eps_prior, e, stage)
+        has = cond.get("has_prior") if isinstance(cond, dict) else None
+        return self.fusion(eps_theta, eps_prior, e, stage > 0 if has is None else has.to(stage.device))
 
 
 def build(cfg, data_info: dict) -> ZoomDiffDenoiser:
@@ -207,4 +234,6 @@ def build(cfg, data_info: dict) -> ZoomDiffDenoiser:
         n_poi=int(require(data_info, "n_poi")),
         fusion=cfg.diffusion.fusion,
         fusion_dim=cfg.diffusion.fusion_dim,
+        profile_prior=cfg.diffusion.profile_prior,
+        has_population=bool(data_info.get("has_population", True)),
     )

@@ -79,6 +79,12 @@ class ZoomDiffGenerator:
         self.stages = [tuple(s) for s in self.process.plan.pairs]
         self.patch, self.hours = int(info["patch"]), int(info["hours"])
 
+    def prior_fn(self, cond: dict):
+        """For a model trained with a profile prior (DRDMConfig.profile_prior): the stage priors of this batch
+        (DRDM.profile_prior bound to the reference's traffic of these windows), as in training; else None."""
+        lin = self.model.profile(cond, self.norm)
+        return None if lin is None else _bind_prior(self.process, lin, cond["units"], self.norm)
+
     @torch.no_grad()
     def generate(self, batch, generators, steps_per_stage=None, eta=0.0, refine=None):
         dev = self.device
@@ -89,13 +95,18 @@ class ZoomDiffGenerator:
         kw = dict(generator=generators, units=units, normaliser=self.norm, steps_per_stage=steps_per_stage, eta=eta, device=dev)
         if refine is not None:
             k, coarse = refine
-            res = self.process.sample(self.model, cond, shape, start_stage=k, coarse=self.norm.forward(coarse.to(dev)), **kw)
+            res = self.process.sample(self.model, cond, shape, start_stage=k, coarse=self.norm.forward(coarse.to(dev)),
+                                      prior_fn=self.prior_fn(cond), **kw)
             for j in range(k):  # coarser stages: projections of the given coarse traffic
                 res.endpoints[j] = self.process.project(res.endpoints[k], j, units, self.norm)
         else:
-            res = self.process.sample(self.model, cond, shape, **kw)
+            res = self.process.sample(self.model, cond, shape, prior_fn=self.prior_fn(cond), **kw)
         out = torch.stack([self.norm.inverse(res.endpoints[k].float()) for k in range(len(self.stages))], 1)
         return out.cpu()
+
+
+def _bind_prior(process, profile: torch.Tensor, units: torch.Tensor, norm):
+    return lambda k, prev: process.profile_prior(k, prev, profile, units, norm)
 
 
 def to_device(batch: dict, dev: torch.device) -> dict:

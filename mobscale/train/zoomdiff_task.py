@@ -30,6 +30,7 @@ from mobscale.model.registry import build_model
 log = get_logger(__name__)
 
 DATA_STATE = "data_state.json"
+PROFILE_PRIOR = "profile_prior.pt"
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -152,6 +153,54 @@ class ZoomDiffTask(_WindowTask):
             raise ConfigError(f"ZoomDiffTask trains model.kind=zoomdiff on diffusion.kind=drdm, got {cfg.model.kind}/{cfg.diffusion.kind}")
         self.process = DRDM(cfg.diffusion)
         self.stages = self.process.plan.pairs
+        self.run_dir: Path | None = None
+
+    # ------------------------------------------------------------------ profile prior (DRDMConfig.profile_prior)
+
+    def prepare(self, run_dir: Path) -> None:
+        """As every window task, then (with a profile prior) fit the statistical reference on the training split
+        into RUN/profile_prior.pt, once: a resumed run reuses it, like the normalisation."""
+        super().prepare(run_dir)
+        kind = self.cfg.diffusion.profile_prior
+        path = Path(run_dir) / PROFILE_PRIOR
+        if kind == "none" or path.exists():
+            return
+        from mobscale.data.windows import CityWindows
+        from mobscale.model.statistical import STAGES
+
+        self.setup(run_dir)
+        net = self.build_model(fit_prior=False)
+        train = CityWindows(self.store, self.cfg.data.windows, "train", list(STAGES))
+        hours = train.time_ranges()["train"]
+        patches = None if self.cfg.data.windows.split_by == "time" else sorted({(w.y0, w.x0) for w in train.windows})
+        net.stat_prior.fit(train.arr, hours, patches, train.P, self.normaliser)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(net.stat_prior.state_dict(), tmp)
+        tmp.replace(path)
+        log.info("fitted the profile prior (%s) on the training split -> %s", kind, path)
+
+    def setup(self, run_dir: Path) -> None:
+        super().setup(run_dir)
+        self.run_dir = Path(run_dir)
+
+    def build_model(self, fit_prior: bool = True) -> torch.nn.Module:
+        """The denoiser; with a profile prior, its statistics loaded from RUN/profile_prior.pt (buffers of the
+        model from then on, so checkpoints and the export carry them)."""
+        model = super().build_model()
+        if fit_prior and model.stat_prior is not None:
+            path = self.run_dir / PROFILE_PRIOR
+            if not path.exists():
+                raise CheckpointError(f"{path}: missing; ZoomDiffTask.prepare(run_dir) fits the profile prior before training")
+            model.stat_prior.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model
+
+    def priors(self, model: torch.nn.Module, batch: dict, x: torch.Tensor) -> torch.Tensor | None:
+        """(B, K, L, P, P) normalised prior of every stage from the profile prior and the normalised targets ``x``
+        (DRDM.profile_priors), or None without a profile prior."""
+        lin = _unwrap(model).profile(batch, self.normaliser)
+        if lin is None:
+            return None
+        return self.process.profile_priors(x, lin.to(x.dtype), batch["units"], self.normaliser)
 
     def loss(self, model: torch.nn.Module, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         self._ready()
@@ -159,7 +208,7 @@ class ZoomDiffTask(_WindowTask):
         if targets.ndim != 5 or targets.shape[1] != self.process.K:
             raise ConfigError(f"batch 'targets' has shape {tuple(targets.shape)}, expected (B, {self.process.K}, L, P, P) for stages {self.stages}")
         x = self.normaliser.forward(targets)
-        return self.process.training_loss(model, x, batch, generator)
+        return self.process.training_loss(model, x, batch, generator, priors=self.priors(model, batch, x))
 
     def export_extra(self) -> dict[str, Any]:
         return {**super().export_extra(), "boundaries": self.process.plan.boundaries}

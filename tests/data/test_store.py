@@ -106,6 +106,28 @@ def test_same_seed_identical_store(tmp_path):
     assert not np.array_equal(open_city(c).traffic_grid50.values, da.traffic_grid50.values)
 
 
+def test_realisation_redraws_the_traffic_of_the_same_city(tmp_path):
+    """SynthConfig.realisation: another draw of the same city (the oracle reference of the tables): identical context,
+    population and network hierarchy, different traffic. Keeping the hidden pixel factor keeps each pixel's long-run
+    level, so that draw's per-pixel means track the city's more closely than a full redraw's."""
+    base = {**TINY, "users": 0, "days": 3}
+    paths = {}
+    for name, over in {"city": {}, "again": {}, "r1": {"realisation": 1}, "r1_keep": {"realisation": 1, "redraw_pixel_factor": False},
+                       "r2": {"realisation": 2}}.items():
+        paths[name] = tmp_path / f"{name}.zarr"
+        synth_city(SynthConfig(**base, **over), paths[name], progress=False)
+    ds = {k: open_city(p).load() for k, p in paths.items()}
+    xr.testing.assert_identical(ds["city"], ds["again"])  # realisation 0 is the city itself
+    for k in ("r1", "r1_keep", "r2"):
+        for v in ("aoi", "house_road", "poi", "population", "pixel_cell", "cell_bs"):
+            np.testing.assert_array_equal(ds[k][v].values, ds["city"][v].values)
+        assert not np.array_equal(ds[k].traffic_grid50.values, ds["city"].traffic_grid50.values)
+    assert not np.array_equal(ds["r1"].traffic_grid50.values, ds["r2"].traffic_grid50.values)
+    lvl = {k: np.log(ds[k].traffic_grid50.values.mean(0) + 1e-3) for k in ds}
+    err = {k: np.abs(lvl[k] - lvl["city"]).mean() for k in ("r1", "r1_keep")}
+    assert err["r1_keep"] < 0.7 * err["r1"], err
+
+
 def test_chunk_size_does_not_change_traffic(tmp_path):
     """Per-hour RNG streams: the store does not depend on how time is chunked while writing."""
     a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"

@@ -134,6 +134,35 @@ def test_samples_give_mean_spread_and_per_sample(pair):
     assert len(d["cell"]["1h"]["rmse"]["per_sample"]) == 3 and d["cell"]["1h"]["data_range"] > 0
 
 
+def test_ensemble_crps_and_sample_mean_against_brute_force(pair, tmp_path):
+    """ds["ensemble"]: fair CRPS of the S samples (mean_i |x_i - y| - sum_{i != j} |x_i - x_j| / (2 S (S - 1))) and the
+    errors of the sample mean, computed here value by value with plain numpy loops; the same through a chunked store
+    with several workers; a single sample's CRPS is its MAE."""
+    real, _ = pair
+    synth = generated_from(real, seed=9, n_samples=3)
+    ds = traffic_metrics(real, synth, ("cell", "grid50"), ("1h", "4h"), progress=False)
+    for lvl, res in (("cell", "1h"), ("grid50", "4h")):
+        y = _matrix(real, lvl, res)
+        xs = [_matrix(synth.isel(sample=i, drop=True), lvl, res) for i in range(3)]
+        member = sum(np.abs(x - y) for x in xs) / 3
+        pair_abs = sum(np.abs(xs[i] - xs[j]) for i in range(3) for j in range(3) if i != j) / (3 * 2)
+        e = ds["ensemble"].sel(level=lvl, resolution=res)
+        assert float(e.sel(ensemble_metric="crps")) == pytest.approx((member - pair_abs / 2).mean(), rel=1e-9)
+        assert float(e.sel(ensemble_metric="mae_of_mean")) == pytest.approx(np.abs(sum(xs) / 3 - y).mean(), rel=1e-9)
+        assert float(e.sel(ensemble_metric="rmse_of_mean")) == pytest.approx(np.sqrt(((sum(xs) / 3 - y) ** 2).mean()), rel=1e-9)
+        assert float(e.sel(ensemble_metric="members")) == 3
+    write(real, tmp_path / "r.zarr", chunks={"time": 5, "y": 2, "x": 4, "y100": 1, "x100": 2, "cell": 1, "bs": 1})
+    write(synth, tmp_path / "s.zarr", chunks={"sample": 1, "time": 7, "y": 8, "x": 3, "cell": 3})
+    lazy = traffic_metrics(open_city(tmp_path / "r.zarr"), open_city(tmp_path / "s.zarr"), ("cell", "grid50"), ("1h", "4h"),
+                           workers=2, max_block_values=100, progress=False)
+    np.testing.assert_allclose(lazy["ensemble"].values, ds["ensemble"].values, rtol=1e-10)
+    one = traffic_metrics(real, synth.isel(sample=0, drop=True), ("cell",), ("1h",), progress=False)
+    assert float(one["ensemble"].sel(ensemble_metric="crps", level="cell", resolution="1h")) == pytest.approx(
+        float(one["value"].sel(metric="mae", level="cell", resolution="1h")), rel=1e-12)
+    d = metrics_to_dict(ds)
+    assert d["cell"]["1h"]["ensemble"]["crps"] == pytest.approx(float(ds["ensemble"].sel(ensemble_metric="crps", level="cell", resolution="1h")))
+
+
 def test_chunking_and_workers_do_not_change_results(pair, tmp_path):
     real, synth = pair
     small = {"time": 5, "y": 2, "x": 4, "y100": 1, "x100": 2, "cell": 1, "bs": 1}

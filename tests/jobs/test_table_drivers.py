@@ -40,11 +40,12 @@ def _driver():
 
 def test_zoomdiff_table1_driver_scores_against_an_independent_computation(tmp_path):
     out, work = tmp_path / "results", tmp_path / "work"
-    _run(["jobs/zoomdiff_tables.py", "table1", *TINY, "--models", "ZoomDiff", "--out", str(out), "--work", str(work)], tmp_path)
+    _run(["jobs/zoomdiff_tables.py", "table1", *TINY, "--models", "ZoomDiff", "--samples", "2", "--out", str(out), "--work", str(work)], tmp_path)
     md = (out / "zoomdiff_table1.md").read_text()
     rows = json.loads((out / "zoomdiff_table1.json").read_text())["rows"]
-    assert set(rows) == {"ZoomDiff", "context_profile", "context_profile (mean, no noise)", "zeros"}
-    assert "| ZoomDiff |" in md and "3 training steps per model" in md
+    oracle, oracle_keep = "oracle: the city's generator redrawn (perfect context-conditional model)", "oracle, knowing the hidden per-pixel factors"
+    assert set(rows) == {"ZoomDiff", "context_profile", "context_profile (mean, no noise)", "zeros", oracle, oracle_keep}
+    assert "| ZoomDiff |" in md and "3 training steps per model" in md and "grid50@1h crps" in md
     for name, r in rows.items():
         for lvl in ("bs@1h", "cell@1h", "grid100@1h", "grid50@1h"):
             assert math.isfinite(r[lvl]["mae"]) and r[lvl]["mae"] >= 0, (name, lvl)
@@ -62,6 +63,17 @@ def test_zoomdiff_table1_driver_scores_against_an_independent_computation(tmp_pa
     assert rows["zeros"]["grid100@1h"]["mae"] == pytest.approx(np.abs(g100).mean(), rel=1e-5)
     # and a model that generated something is not scored as zeros
     assert rows["ZoomDiff"]["grid50@1h"]["mae"] != pytest.approx(rows["zeros"]["grid50@1h"]["mae"], rel=1e-6)
+
+    # ensemble columns: a noise-free reference's CRPS is its MAE; a generator's two samples differ, so its CRPS is
+    # below the mean MAE of its samples; the oracle's sample-mean MAE, recomputed from its two realisation stores
+    for lvl in ("bs@1h", "grid50@1h"):
+        det = rows["context_profile (mean, no noise)"][lvl]
+        assert det["members"] == 2 and det["crps"] == pytest.approx(det["mae"], rel=1e-9)
+        assert rows["ZoomDiff"][lvl]["crps"] < rows["ZoomDiff"][lvl]["mae"]
+    real_o = [np.asarray(zarr.open_group(str(work / "data" / f"city_oracle_redraw_{r}.zarr"), mode="r")["traffic_grid50"][:],
+                         dtype=np.float64)[ts, ys, xs] for r in (1, 2)]
+    assert not np.allclose(real_o[0], region) and not np.allclose(real_o[0], real_o[1])
+    assert rows[oracle]["grid50@1h"]["mae_of_mean"] == pytest.approx(np.abs((real_o[0] + real_o[1]) / 2 - region).mean(), rel=1e-5)
 
 
 def test_zoomdiff_stage_table_driver_reports_every_stage(tmp_path):

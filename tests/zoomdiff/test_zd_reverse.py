@@ -149,3 +149,73 @@ def test_per_sample_generators_make_samples_batch_independent():
     a = d.sample(den, None, (2, 4, 2, 2), generator=[g(1), g(2)], project=False)
     b = d.sample(den, None, (2, 4, 2, 2), generator=[g(3), g(2)], project=False)
     assert torch.equal(a.final[1], b.final[1]) and not torch.equal(a.final[0], b.final[0])
+
+
+def test_profile_prior_reaches_stage_0_as_the_coarser_stage_reaches_the_next():
+    """DRDMConfig.profile_prior: stage 0 gets a prior H like every later stage. With a network that trusts the prior
+    fully (fixed mix, lambda ~ 1, eps_theta = 0), stage 0 returns H, and different priors give different outputs;
+    without a prior the same network gives neither (the paper's stage 0 has nothing to follow)."""
+    d = DRDM(DRDMConfig(**SMALL, fusion="mix", fusion_lambda=1.0 - 1e-6, project_stages=False))
+    batch = make_batch(d, seed=12)
+    shape = tuple(batch["x"][:, 0].shape)
+    zero = lambda x, n, s, c, e: torch.zeros_like(x)  # noqa: E731
+    outs = []
+    for scale in (0.5, 1.0):
+        H = batch["x"][:, 0] * scale
+        res = d.sample(zero, batch, shape, generator=torch.Generator().manual_seed(0), prior_fn=lambda k, prev: H if k == 0 else prev)
+        torch.testing.assert_close(res.endpoints[0], H, atol=1e-3, rtol=0)
+        outs.append(res.endpoints[0])
+    assert not torch.allclose(outs[0], outs[1])
+    plain = d.sample(zero, batch, shape, generator=torch.Generator().manual_seed(0))
+    assert (plain.endpoints[0] - batch["x"][:, 0]).abs().max() > 0.1
+    with pytest.raises(ValueError, match="prior_fn gave shape"):
+        d.sample(zero, batch, shape, prior_fn=lambda k, prev: batch["x"][:1, 0])
+
+
+def test_profile_prior_splits_the_coarser_stage_by_the_reference_shares():
+    """Stage k's profile prior = stage k-1 spread by the profile's shares: where the levels nest (grid100 -> grid50
+    here) it keeps every coarse unit's total exactly, follows the profile's shape inside the unit, and is the
+    coarse stage itself for a flat profile; stage 0's prior is the profile projected onto stage 0's level."""
+    d = DRDM(DRDMConfig(**SMALL))
+    assert [s.level for s in d.plan.stages] == ["cell", "grid100", "grid50"]
+    batch = make_batch(d, B=3, seed=14)
+    units, x = batch["units"], batch["x"]
+    profile = torch.exp(torch.randn(x[:, 0].shape, generator=torch.Generator().manual_seed(4)))
+    H0 = d.profile_prior(0, None, profile, units, NORM)
+    torch.testing.assert_close(H0, NORM.forward(d._project_lin(profile, 0, units)))
+    H2 = d.profile_prior(2, x[:, 1], profile, units, NORM)
+    lin2, lin1 = NORM.inverse(H2), NORM.inverse(x[:, 1])
+    torch.testing.assert_close(d._project_lin(lin2, 1, units), lin1, rtol=1e-5, atol=1e-5)  # coarse totals kept
+    # inside each 2x2 block the prior is proportional to the profile
+    blk = lambda t: t.reshape(*t.shape[:2], 4, 2, 4, 2)  # noqa: E731  (B, L, 4 blocks, 2, 4 blocks, 2)
+    torch.testing.assert_close(blk(lin2) / blk(lin2).sum((3, 5), keepdim=True), blk(profile) / blk(profile).sum((3, 5), keepdim=True), rtol=1e-4, atol=1e-6)
+    flat = d.profile_prior(2, x[:, 1], torch.ones_like(profile), units, NORM)
+    torch.testing.assert_close(flat, x[:, 1], rtol=1e-5, atol=1e-5)
+    no_split = DRDM(DRDMConfig(**SMALL, profile_split=False))
+    assert torch.equal(no_split.profile_prior(2, x[:, 1], profile, units, NORM), x[:, 1])
+    pri = d.profile_priors(x, profile, units, NORM)
+    assert pri.shape == x.shape and torch.equal(pri[:, 2], H2) and torch.equal(pri[:, 0], H0)
+
+
+def test_profile_priors_in_training_inputs_and_prior_terms():
+    """Training: every item's z is its own stage's prior, with non-zero prior terms at stage 0 too (eq. 10 with H)."""
+    d = DRDM(DRDMConfig(**SMALL))
+    batch = make_batch(d, B=4, seed=13)
+    x = batch["x"]
+    priors = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    n = torch.tensor([d.plan.stages[0].lo, d.plan.stages[0].hi - 1, d.plan.stages[1].lo, 0])
+    eps = torch.randn(x[:, 0].shape, generator=torch.Generator().manual_seed(2))
+    stage, x_n, z = d.training_inputs(x, n, eps, priors=priors)
+    stage_p, x_n_p, z_p = d.training_inputs(x, n, eps)
+    assert stage.tolist() == [0, 0, 1, d.K - 1] and torch.equal(x_n, x_n_p)
+    for b in range(4):
+        torch.testing.assert_close(z[b], priors[b, stage[b]])
+    torch.testing.assert_close(z_p[2], x[2, 0])  # the paper: stage k's prior is target k-1
+    eps_prior, P = d.prior_terms(x_n, z, n, stage, d.has_prior(stage, True))
+    sa, s1a = (d.abar[n].sqrt().float().view(-1, 1, 1, 1), (1 - d.abar[n]).sqrt().float().view(-1, 1, 1, 1))
+    torch.testing.assert_close(eps_prior, (x_n - sa * z) / s1a)
+    torch.testing.assert_close(P, sa / s1a * z)
+    eps_prior0, _ = d.prior_terms(x_n, z, n, stage)  # default: no prior at stage 0 (the paper)
+    assert float(eps_prior0[:2].abs().max()) == 0.0
+    with pytest.raises(ValueError, match="priors must be"):
+        d.training_inputs(x, n, eps, priors=priors[:, :2])

@@ -116,3 +116,47 @@ def test_local_training_exports_a_model_that_samples(tmp_path, city_cfg):
         assert segment_spread(out, batch["units"][:, s.level_index], s.block) == 0.0
     traffic = norm.inverse(res.final)
     assert bool((traffic >= 0).all())
+
+
+def test_profile_prior_is_fitted_on_the_training_split_travels_in_the_export_and_drives_sampling(tmp_path, city_cfg):
+    """diffusion.profile_prior=context_profile: prepare fits the reference on the training split (the same rates as
+    the context_profile reference trained on its own), the export carries it, and the generator uses it."""
+    from mobscale.data.windows import CityWindows
+    from mobscale.model.export import load_export
+    from mobscale.sample.generators import load_generator
+    from mobscale.train.loop import train_local
+    from mobscale.train.zoomdiff_task import StatisticalTask
+
+    torch.set_num_threads(1)
+    cfg = load_dict({**city_cfg.model_dump(mode="json"), "diffusion": {"kind": "drdm", "steps": 16, "fusion": "mlp", "profile_prior": "context_profile"}})
+    export = train_local(cfg, tmp_path / "run")
+    store = tmp_path / "run" / "data" / "city.zarr"
+    assert (tmp_path / "run" / "profile_prior.pt").is_file()
+    sd = load_export(export).state_dict
+    ref_cfg = load_dict({"seed": 3, "data": {"store": str(store), "windows": city_cfg.data.windows.model_dump()},
+                         "model": {"kind": "context_profile", "noise": "none"}})
+    task = StatisticalTask(ref_cfg)
+    (tmp_path / "ref").mkdir()
+    task.prepare(tmp_path / "ref")
+    task.setup(tmp_path / "ref")
+    ref = task.fit(tmp_path / "ref", progress=False)
+    assert sd["stat_prior.rate"].shape == ref.rate.shape and float(ref.rate.abs().sum()) > 0
+    torch.testing.assert_close(sd["stat_prior.rate"], ref.rate)
+
+    gen = load_generator(export)
+    test = CityWindows(store, cfg.data.windows, "test", [("grid50", "1h")])
+    batch = torch.utils.data.default_collate([{k: v for k, v in test[0].items() if k != "targets"}])
+    out = gen.generate(batch, [torch.Generator().manual_seed(0)], steps_per_stage=2)
+    assert out.shape == (1, 4, 24, 8, 8) and bool(torch.isfinite(out).all())
+    gen.model.stat_prior.rate.mul_(50.0)  # a different prior, same weights and noise: a different city
+    out2 = gen.generate(batch, [torch.Generator().manual_seed(0)], steps_per_stage=2)
+    assert not torch.allclose(out[:, 0], out2[:, 0])
+
+
+def test_historical_profile_prior_needs_a_time_split(city_cfg):
+    from mobscale.errors import ConfigError
+
+    with pytest.raises((ConfigError, ValueError), match="profile_prior=historical needs the test places in training"):
+        load_dict({**city_cfg.model_dump(mode="json"), "diffusion": {"kind": "drdm", "steps": 16, "profile_prior": "historical"}})
+    with pytest.raises((ConfigError, ValueError), match="fusion=none"):
+        load_dict({**city_cfg.model_dump(mode="json"), "diffusion": {"kind": "drdm", "steps": 16, "fusion": "none", "profile_prior": "context_profile"}})
