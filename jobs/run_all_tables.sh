@@ -32,4 +32,7 @@ for p in context_profile:ctx historical:hist; do
   $T table1 --steps 5000 $U --models ZoomDiff --samples 4 --tag _uomo_nj_profile_${p#*:}_5k --zd-set diffusion.profile_prior=${p%:*}
 done
 $T table1 --steps 1000 $U --models ZoomDiff --samples 4 --steps-per-stage 20 --tag _uomo_nj_profile_hist_sps20 --zd-set diffusion.profile_prior=historical
+for f in mix add; do
+  $T table1 --steps 1000 $U --models ZoomDiff --samples 4 --tag _uomo_nj_profile_hist_$f --zd-set diffusion.profile_prior=historical --zd-set diffusion.fusion=$f
+done
 $T table1 --steps 10000 $U --models ZoomDiff --samples 4 --tag _uomo_nj_10k --zd-set diffusion.profile_prior=none
