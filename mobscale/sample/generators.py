@@ -83,7 +83,9 @@ class ZoomDiffGenerator:
         """For a model trained with a profile prior (DRDMConfig.profile_prior): the stage priors of this batch
         (DRDM.profile_prior bound to the reference's traffic of these windows), as in training; else None."""
         lin = self.model.profile(cond, self.norm)
-        return None if lin is None else _bind_prior(self.process, lin, cond["units"], self.norm)
+        if lin is None:
+            return None
+        return lambda k, prev: self.process.profile_prior(k, prev, lin, cond["units"], self.norm)
 
     @torch.no_grad()
     def generate(self, batch, generators, steps_per_stage=None, eta=0.0, refine=None):
@@ -103,10 +105,6 @@ class ZoomDiffGenerator:
             res = self.process.sample(self.model, cond, shape, prior_fn=self.prior_fn(cond), **kw)
         out = torch.stack([self.norm.inverse(res.endpoints[k].float()) for k in range(len(self.stages))], 1)
         return out.cpu()
-
-
-def _bind_prior(process, profile: torch.Tensor, units: torch.Tensor, norm):
-    return lambda k, prev: process.profile_prior(k, prev, profile, units, norm)
 
 
 def to_device(batch: dict, dev: torch.device) -> dict:

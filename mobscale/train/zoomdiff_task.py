@@ -165,15 +165,9 @@ class ZoomDiffTask(_WindowTask):
         path = Path(run_dir) / PROFILE_PRIOR
         if kind == "none" or path.exists():
             return
-        from mobscale.data.windows import CityWindows
-        from mobscale.model.statistical import STAGES
-
         self.setup(run_dir)
-        net = self.build_model(fit_prior=False)
-        train = CityWindows(self.store, self.cfg.data.windows, "train", list(STAGES))
-        hours = train.time_ranges()["train"]
-        patches = None if self.cfg.data.windows.split_by == "time" else sorted({(w.y0, w.x0) for w in train.windows})
-        net.stat_prior.fit(train.arr, hours, patches, train.P, self.normaliser)
+        net = self.build_model(load_prior=False)
+        fit_on_training_split(net.stat_prior, self.store, self.cfg.data.windows, self.normaliser)
         tmp = path.with_name(f".{path.name}.tmp")
         torch.save(net.stat_prior.state_dict(), tmp)
         tmp.replace(path)
@@ -183,11 +177,11 @@ class ZoomDiffTask(_WindowTask):
         super().setup(run_dir)
         self.run_dir = Path(run_dir)
 
-    def build_model(self, fit_prior: bool = True) -> torch.nn.Module:
+    def build_model(self, load_prior: bool = True) -> torch.nn.Module:
         """The denoiser; with a profile prior, its statistics loaded from RUN/profile_prior.pt (buffers of the
         model from then on, so checkpoints and the export carry them)."""
         model = super().build_model()
-        if fit_prior and model.stat_prior is not None:
+        if load_prior and model.stat_prior is not None:
             path = self.run_dir / PROFILE_PRIOR
             if not path.exists():
                 raise CheckpointError(f"{path}: missing; ZoomDiffTask.prepare(run_dir) fits the profile prior before training")
@@ -291,11 +285,17 @@ class StatisticalTask(_WindowTask):
 
     def fit(self, run_dir: Path, progress: bool = True) -> torch.nn.Module:
         """Fit the statistics on the training split (after prepare and setup); returns the fitted model."""
-        from mobscale.data.windows import CityWindows
-
         self._ready()
-        train = CityWindows(self.store, self.cfg.data.windows, "train", self.stages)
-        hours = train.time_ranges()["train"]
-        patches = None if self.cfg.data.windows.split_by == "time" else sorted({(w.y0, w.x0) for w in train.windows})
-        model = self.build_model()
-        return model.fit(train.arr, hours, patches, train.P, self.normaliser, progress=progress)
+        return fit_on_training_split(self.build_model(), self.store, self.cfg.data.windows, self.normaliser, progress)
+
+
+def fit_on_training_split(model: torch.nn.Module, store: Path, windows, normaliser, progress: bool = True) -> torch.nn.Module:
+    """Fit a StatisticalModel (a reference, or ZoomDiff's profile prior) on the training hours and places of the
+    window config ``windows`` (data.windows) of ``store``; returns the fitted model."""
+    from mobscale.data.windows import CityWindows
+    from mobscale.model.statistical import STAGES
+
+    train = CityWindows(store, windows, "train", list(STAGES))
+    hours = train.time_ranges()["train"]
+    patches = None if windows.split_by == "time" else sorted({(w.y0, w.x0) for w in train.windows})
+    return model.fit(train.arr, hours, patches, train.P, normaliser, progress=progress)
