@@ -309,21 +309,28 @@ class DRDM:
         coarse value: a uniform split). It keeps the coarse totals where the levels nest and hands the network
         the reference's within-unit shape, so it only learns the departure from it. Without the split: prev.
         """
+        proj = {j: self._project_lin(profile, j, units) for j in ((0,) if k == 0 else (k - 1, k))}
+        return self._profile_prior(k, prev, proj, units, normaliser)
+
+    def _profile_prior(self, k: int, prev: torch.Tensor | None, proj: dict[int, torch.Tensor], units: torch.Tensor,
+                       normaliser: Transform) -> torch.Tensor:
+        """:meth:`profile_prior` with the profile already projected onto the stages it needs (``proj[j]`` = P_j)."""
         if k == 0:
-            return normaliser.forward(self._project_lin(profile, 0, units))
+            return normaliser.forward(proj[0])
         if prev is None:
             raise ValueError(f"profile_prior: stage {k} needs the coarser stage")
         if not self.cfg.profile_split:
             return prev
-        fine = self._project_lin(profile, k, units)
-        coarse = self._project_lin(profile, k - 1, units)
+        fine, coarse = proj[k], proj[k - 1]
         share = torch.where(coarse > 0, fine / coarse.clamp(min=1e-30), torch.ones_like(fine))
         return normaliser.forward(self._project_lin(normaliser.inverse(prev) * share, k, units))
 
     def profile_priors(self, targets: torch.Tensor, profile: torch.Tensor, units: torch.Tensor, normaliser: Transform) -> torch.Tensor:
         """(B, K, L, P, P) training priors of every stage from the normalised ``targets`` (B, K, L, P, P): stage 0
-        from the profile, stage k from target k-1 (see :meth:`profile_prior`)."""
-        return torch.stack([self.profile_prior(k, targets[:, k - 1] if k else None, profile, units, normaliser) for k in range(self.K)], 1)
+        from the profile, stage k from target k-1 (see :meth:`profile_prior`). Each stage's projection of the
+        profile is computed once (this runs on every training batch)."""
+        proj = {j: self._project_lin(profile, j, units) for j in range(self.K)}
+        return torch.stack([self._profile_prior(k, targets[:, k - 1] if k else None, proj, units, normaliser) for k in range(self.K)], 1)
 
     def prior_terms(self, x_n: torch.Tensor, z: torch.Tensor, n: torch.Tensor, stage: torch.Tensor,
                     has: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
