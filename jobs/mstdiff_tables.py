@@ -13,8 +13,10 @@ as many users as there are held-out test users (x ``--oversample``), and is scor
 
 Rows: MSTDiff; the paper's ablation "w/o Traj" (traffic only) and trajectory-only; the fixes of the public code
 undone one at a time (reference posterior, probability-row input, fine-tuned VQ-VAE, no CE term, band-ordered
-output, sampled last step: the latter reuses the full model) and all together ("public code", which also uses
-the raw 0.01 -> 0.1 rate schedule without teleport); baselines: the CSDI-style traffic baseline of the paper's
+output, sampled last step: the latter reuses the full model); our two traffic-encoding choices undone (zeros at
+log1p = 0 instead of ``model.users.zero_gap`` below, no cap of the clean estimate at the training maximum:
+sampling only); and all together ("public code", which has neither of ours and also uses the raw 0.01 -> 0.1
+rate schedule without teleport); baselines: the CSDI-style traffic baseline of the paper's
 Table I (variant ``csdi``: ``model.kind=csdi_users`` from ``--csdi-config``, default configs/csdi-users-demo.yaml;
 a single-resolution DDPM on the normalised half-hourly series, CSDI's residual network with its time
 transformer, 50 steps, quadratic betas 1e-4 -> 0.5; the same users block, hence the same held-out users, which
@@ -88,7 +90,10 @@ VARIANTS: dict[str, dict] = {
     "no_ce": {"model.lambda_ce": 0.0},
     "band_order": {"model.output_order": "band"},
     "sampled_last": {"diffusion.trajectory_last_step": "sample"},
+    "no_zero_gap": {"model.users.zero_gap": 0.0},
+    "no_x0_cap": {"diffusion.traffic_clip_x0": "none"},
     "public_code": {
+        "model.users.zero_gap": 0.0, "diffusion.traffic_clip_x0": "none",
         "diffusion.trajectory_last_step": "sample",
         "diffusion.posterior": "reference", "diffusion.trajectory_input": "probs", "model.freeze_vqvae": False,
         "model.lambda_ce": 0.0, "model.output_order": "band", "diffusion.rate_scale": 1.0, "diffusion.teleport": 0.0,
@@ -98,6 +103,7 @@ LABELS = {
     "full": "MSTDiff", "wo_traj": "MSTDiff w/o Traj (traffic only)", "traj_only": "MSTDiff trajectory only",
     "ref_posterior": "+ reference posterior", "ref_input": "+ probability-row input (leak)", "finetuned_vq": "+ fine-tuned VQ-VAE",
     "no_ce": "+ no CE term", "band_order": "+ band-ordered output", "sampled_last": "+ sampled last step",
+    "no_zero_gap": "+ zeros at log1p = 0 (no zero gap)", "no_x0_cap": "+ no cap of the clean estimate",
     "public_code": "public code (all of the above)",
     "markov": "Markov chain", "epr": "EPR", "slot_resample": "per-slot empirical resampling", "train_users": "train users (noise floor)",
     "csdi": "CSDI-style (single resolution, DDPM on the half-hourly series)",
@@ -112,7 +118,7 @@ def _sets(d: dict) -> list[str]:
 
 
 #: variants that change only how samples are drawn: they reuse this variant's trained model
-SAMPLING_ONLY = {"sampled_last": "full"}
+SAMPLING_ONLY = {"sampled_last": "full", "no_x0_cap": "full"}
 
 
 def run_variant(config: Path, sets: list[str], name: str, over: dict, runs: Path):
@@ -209,7 +215,8 @@ def synthetic_tables(args, out: Path) -> dict:
             real["trajectory_train"] = prep["vocab"].numpy()[prep["l_train"].numpy()]
         n_test = (real.get("traffic") if "traffic" in real else real["trajectory"]).shape[0]
         t0 = time.perf_counter()
-        gen = sample_users(export, n_test * args.oversample, seed=args.seed, progress=False, last_step=cfg.diffusion.trajectory_last_step)
+        gen = sample_users(export, n_test * args.oversample, seed=args.seed, progress=False, last_step=cfg.diffusion.trajectory_last_step,
+                           traffic_clip=cfg.diffusion.traffic_clip_x0 if cfg.model.use_traffic else None)
         results["timing_s"][name] = {"train": round(dt, 1), "sample": round(time.perf_counter() - t0, 1)}
         if "traffic" in gen:
             results["traffic"][name] = traffic_row(real["traffic"], gen["traffic"].values)
@@ -252,9 +259,14 @@ def _latlon(store: Path) -> np.ndarray:
 
 
 def _train_volumes(prep: dict, cfg) -> np.ndarray:
-    """Training users' volumes: the prepared data keeps them normalised (CSDI: ``x_train``) or as wavelet
-    coefficients (MSTDiff: ``w_train``, inverted with ``cfg``'s layout); invert the transform."""
+    """Training users' volumes: as read (``traffic_train``), or -- prepared data written before it was kept --
+    inverted from the normalised series (CSDI: ``x_train``) or wavelet coefficients (MSTDiff: ``w_train``, with
+    ``cfg``'s layout), where zero volumes come back as float32 round-off and the transform's zero threshold
+    snaps them back."""
     from mobscale.data.wavelets import BandLayout, TrafficTransform, idwt
+
+    if "traffic_train" in prep:
+        return prep["traffic_train"].numpy().astype(np.float64)
 
     tf = TrafficTransform.from_state({k: (v.numpy() if torch.is_tensor(v) else v) for k, v in prep["traffic_state"].items()})
     if "x_train" in prep:
@@ -262,8 +274,6 @@ def _train_volumes(prep: dict, cfg) -> np.ndarray:
     else:
         m = cfg.model
         z = idwt(prep["w_train"].numpy().astype(np.float64), BandLayout(m.users.seq_len, m.wavelet, m.wavelet_level))
-    if tf.kind == "log1p":
-        return np.clip(np.expm1(z * tf.sigma + tf.mu), 0, None)
     return tf.inverse(z, np.random.default_rng(0))
 
 

@@ -47,6 +47,12 @@ class MSTDiffDiffusionConfig(Section):
     kind: Literal["mstdiff"] = "mstdiff"
     steps: int = Field(50, ge=2)
     beta_schedule: Literal["linear", "quadratic", "cosine"] = Field("linear", description="traffic (Gaussian) beta schedule")
+    traffic_clip_x0: Literal["none", "max"] = Field(
+        "max",
+        description="'max': every reverse step's clean estimate, taken back to the time domain, is capped at the largest "
+        "normalised training volume before the step is taken from it (DDPM's clip of x0 to the data range, upper side; "
+        "the lower side is the zero mass, see model.users.zero_gap); 'none': the plain ancestral step",
+    )
     beta_start: float = Field(1e-4, gt=0, lt=1)
     beta_end: float = Field(0.2, gt=0, lt=1)
     rate_start: float = Field(0.01, gt=0, description="trajectory transition rate alpha_1 (geometric schedule)")
@@ -82,6 +88,11 @@ class MSTDiffUsersConfig(Section):
         "log1p",
         description="log1p: z = (log1p(m) - mu) / sigma with mu, sigma of the training users (keeps volumes, invertible); "
         "user_max: m / max_u(m) mapped to [-1, 1] (paper); generated users then draw a max from the training maxima",
+    )
+    zero_gap: float = Field(
+        1.0, ge=0.0,
+        description="log1p only: encode zero volumes at log1p = -zero_gap instead of 0, apart from the smallest positive "
+        "volumes, so the chain's residual blur of the zero mass inverts to zero (0 = plain log1p)",
     )
     locations: Literal["visited", "all"] = Field(
         "visited", description="trajectory state space: BS visited by training users, or every BS of the store"

@@ -103,6 +103,13 @@ def idwt(w: np.ndarray, layout: BandLayout) -> np.ndarray:
     return pywt.waverec(coeffs, layout.wavelet, mode=MODE, axis=-1)
 
 
+def dwt_matrix(layout: BandLayout) -> np.ndarray:
+    """(T, T) float64 M with ``dwt(x) = x @ M`` (rows: the DWT of the unit vectors). Orthonormal for the
+    orthogonal wavelets :class:`BandLayout` accepts, so ``idwt(w) = w @ M.T``: lets torch code move between the
+    band layout and time with one matmul."""
+    return dwt(np.eye(layout.T), layout)
+
+
 @dataclass
 class TrafficTransform:
     """Invertible per-user traffic normalisation (see module docstring).
@@ -117,33 +124,48 @@ class TrafficTransform:
     max_quantiles: np.ndarray | None = None
     zero_below: float = 0.0
     z_max: float = float("inf")
+    zero_gap: float = 0.0
 
     @classmethod
-    def fit(cls, m: np.ndarray, kind: str = "log1p") -> "TrafficTransform":
-        """Fit on training traffic m: (U, T) >= 0 (volume per step)."""
+    def fit(cls, m: np.ndarray, kind: str = "log1p", zero_gap: float = 0.0) -> "TrafficTransform":
+        """Fit on training traffic m: (U, T) >= 0 (volume per step). ``zero_gap`` > 0 (log1p only): zero volumes
+        are encoded at log1p = -zero_gap instead of 0 (see :meth:`_log1p`)."""
         m = np.asarray(m, dtype=np.float64)
         if not np.isfinite(m).all():
             raise InputDataError(f"users/traffic: {int((~np.isfinite(m)).sum())} non-finite values in the training users")
         if (m < 0).any():
             raise InputDataError(f"users/traffic: {int((m < 0).sum())} negative volumes in the training users (min {m.min():.4g})")
         if kind == "log1p":
-            y = np.log1p(m)
+            if zero_gap < 0:
+                raise ConfigError(f"model.users.zero_gap={zero_gap} must be >= 0")
+            y = cls._log1p(m, zero_gap)
             mu, sigma = float(y.mean()), float(max(y.std(), 1e-6))
             pos = m[m > 0]
             # zero volumes are a point mass the Gaussian chain can only approach: generated volumes below the
-            # log-midpoint between 0 and the 1st percentile of positive training volumes are read as zero
-            zero_below = float(np.expm1(0.5 * np.log1p(np.quantile(pos, 0.01)))) if (m == 0).any() and pos.size else 0.0
-            return cls(kind, mu=mu, sigma=sigma, zero_below=zero_below, z_max=float((y.max() - mu) / sigma))
+            # log-midpoint between 0 and the 1st percentile of positive training volumes are read as zero. With a
+            # zero gap the zeros sit apart from the positives and everything at or below log1p = 0 is zero anyway
+            zero_below = float(np.expm1(0.5 * np.log1p(np.quantile(pos, 0.01)))) if zero_gap == 0 and (m == 0).any() and pos.size else 0.0
+            return cls(kind, mu=mu, sigma=sigma, zero_below=zero_below, z_max=float((y.max() - mu) / sigma), zero_gap=float(zero_gap))
         if kind == "user_max":
             mx = m.max(axis=-1)
             return cls(kind, max_quantiles=np.quantile(mx, np.linspace(0, 1, 101)))
         raise ConfigError(f"model.users.traffic_transform='{kind}' unknown (log1p, user_max)")
 
+    @staticmethod
+    def _log1p(m: np.ndarray, zero_gap: float) -> np.ndarray:
+        """log1p(m), zeros moved to -zero_gap. Why: a Gaussian chain blurs the point mass at zero by its residual
+        denoising error; when zeros sit at log1p = 0, right next to the smallest positive volumes, about half of
+        that blur lands on small positive volumes (measured on the synthetic users: 21-23% zeros generated vs
+        43% real). Placed zero_gap below, the blurred zeros stay below 0 and invert to zero (a censored,
+        Tobit-like encoding)."""
+        y = np.log1p(m)
+        return np.where(m > 0, y, -zero_gap) if zero_gap > 0 else y
+
     def forward(self, m: np.ndarray) -> np.ndarray:
         """(U, T) volumes -> normalised (U, T) float64."""
         m = np.asarray(m, dtype=np.float64)
         if self.kind == "log1p":
-            return (np.log1p(m) - self.mu) / self.sigma
+            return (self._log1p(m, self.zero_gap) - self.mu) / self.sigma
         mx = m.max(axis=-1, keepdims=True)
         return np.where(mx > 0, m / np.where(mx > 0, mx, 1.0), 0.0) * 2.0 - 1.0
 
@@ -170,6 +192,7 @@ class TrafficTransform:
         out: dict = {
             "traffic_transform": self.kind, "traffic_mu": float(self.mu), "traffic_sigma": float(self.sigma),
             "traffic_zero_below": float(self.zero_below), "traffic_z_max": float(self.z_max),
+            "traffic_zero_gap": float(self.zero_gap),
         }
         if self.max_quantiles is not None:
             out["traffic_max_quantiles"] = np.asarray(self.max_quantiles, dtype=np.float64)
@@ -185,4 +208,5 @@ class TrafficTransform:
             max_quantiles=None if q is None else np.asarray(q, dtype=np.float64),
             zero_below=float(state.get("traffic_zero_below", 0.0)),
             z_max=float(state.get("traffic_z_max", float("inf"))),
+            zero_gap=float(state.get("traffic_zero_gap", 0.0)),
         )

@@ -83,6 +83,14 @@ class GaussianSchedule:
         ab_t, ab_p, b_t = float(self.abar[t]), float(self.abar_prev[t]), float(self.betas[t])
         return (math.sqrt(ab_p) * b_t / (1 - ab_t)) * x0 + (math.sqrt(float(self.alphas[t])) * (1 - ab_p) / (1 - ab_t)) * xt
 
+    def step_from_x0(self, xt: torch.Tensor, x0: torch.Tensor, t: int, noise: torch.Tensor | None) -> torch.Tensor:
+        """One ancestral step x_t -> x_{t-1} taken from a clean estimate x0 (e.g. a clipped one): the posterior
+        mean plus its noise; at t = 0 (or without noise) the mean, as :meth:`step`."""
+        mean = self.posterior_mean(xt, x0, t)
+        if t == 0 or noise is None:
+            return mean
+        return mean + math.sqrt(float(self.posterior_var[t])) * noise
+
     def step(self, xt: torch.Tensor, eps: torch.Tensor, t: int, noise: torch.Tensor | None) -> torch.Tensor:
         """One ancestral DDPM step x_t -> x_{t-1} (DDPM eq. 11 / ZoomDiff eq. 5); at t = 0 no noise is added."""
         a_t = float(self.alphas[t])
@@ -193,9 +201,7 @@ class GaussianDiffusion:
             if clip is not None:
                 x0 = sched.predict_x0(x, eps, t).clamp(lo, hi)
                 if steps is None:
-                    x = sched.posterior_mean(x, x0, t)
-                    if t > 0:
-                        x = x + math.sqrt(float(sched.posterior_var[t])) * randn_per_item(shape, generator, dev)
+                    x = sched.step_from_x0(x, x0, t, randn_per_item(shape, generator, dev) if t > 0 else None)
                     continue
                 eps = (x - math.sqrt(float(sched.abar[t])) * x0) / math.sqrt(1 - float(sched.abar[t]))
             if steps is None:  # ancestral; the step from t = 0 is the posterior mean = the clean estimate

@@ -192,9 +192,11 @@ class MSTDiffProcess:
         generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
         progress: bool = False,
+        traffic_x0: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Co-denoise ``n`` sequences of length T. Returns (w0 (n, T) float32 band layout | None,
-        l0 (n, T) long | None)."""
+        l0 (n, T) long | None). ``traffic_x0``: maps every step's clean traffic estimate (n, T) to a constrained
+        one (e.g. capped at the data range) from which the ancestral step is then taken; None = plain steps."""
         gen_dev = generator.device if generator is not None else torch.device("cpu")
         randn = lambda *shape: torch.randn(shape, generator=generator, device=gen_dev).to(device)  # noqa: E731
         w = randn(n, T) if self.traffic is not None else None
@@ -211,7 +213,11 @@ class MSTDiffProcess:
             eps_hat, logits = denoise(w, traj_in, tt, offset)
             # 1. traffic: ancestral DDPM step (no noise at t = 0)
             if w is not None:
-                w = self.traffic.step(w, eps_hat, t, randn(n, T) if t > 0 else None)
+                noise = randn(n, T) if t > 0 else None
+                if traffic_x0 is None:
+                    w = self.traffic.step(w, eps_hat, t, noise)
+                else:
+                    w = self.traffic.step_from_x0(w, traffic_x0(self.traffic.predict_x0(w, eps_hat, t)), t, noise)
             # 2. trajectory: p(l_{t-1} | l_t) = sum_x q(l_{t-1} | l_t, x) p(x | l_t)  (eq. 6), then sample
             if l is not None:
                 p0 = torch.softmax(logits.to(self.trajectory.dtype), -1)

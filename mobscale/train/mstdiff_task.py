@@ -295,11 +295,14 @@ class MSTDiffTask:
         }
         # traffic: transform fitted on training users only, then the DWT
         if m.use_traffic:
-            tf = TrafficTransform.fit(train.traffic, uc.traffic_transform)
+            tf = TrafficTransform.fit(train.traffic, uc.traffic_transform, uc.zero_gap)
             state["traffic_state"] = {k: (torch.as_tensor(v) if isinstance(v, np.ndarray) else v) for k, v in tf.state().items()}
             state["w_train"] = torch.as_tensor(dwt(tf.forward(train.traffic), layout), dtype=torch.float32)
             state["w_test"] = torch.as_tensor(dwt(tf.forward(test.traffic), layout), dtype=torch.float32) if test.n else torch.zeros(0, uc.seq_len)
             state["traffic_test"] = torch.as_tensor(test.traffic) if test.n else torch.zeros(0, uc.seq_len)
+            # the training volumes as read (evaluation references); inverting w_train would turn zeros into
+            # float32 round-off (~1e-7 MB), which the volume histograms do not read as zero
+            state["traffic_train"] = torch.as_tensor(train.traffic)
             vq = WaveletVQVAE(layout.lengths, hidden=m.vq_hidden, code_dim=m.code_dim, codebook_size=m.codebook_size, commitment=m.commitment)
             losses = pretrain_vqvae(vq, state["w_train"], steps=m.vq_pretrain_steps, batch_size=m.vq_batch_size, lr=m.vq_lr, seed=self.cfg.seed)
             state["vq_state"] = {k: v.detach().clone() for k, v in vq.state_dict().items()}
@@ -496,13 +499,14 @@ class CSDIUsersTask:
         train, test = sp.train, sp.test
         log.info("CSDI users data: %s, %d users (%d train / %d test), %d train windows of %d steps", store, sp.n_users,
                  sp.train_users.size, sp.test_users.size, train.n, uc.seq_len)
-        tf = TrafficTransform.fit(train.traffic, uc.traffic_transform)
+        tf = TrafficTransform.fit(train.traffic, uc.traffic_transform, uc.zero_gap)
         empty = np.zeros((0, uc.seq_len), np.float32)
         root = open_city(store)
         state: dict[str, Any] = {
             "x_train": torch.as_tensor(tf.forward(train.traffic), dtype=torch.float32),
             "x_test": torch.as_tensor(tf.forward(test.traffic) if test.n else empty, dtype=torch.float32),
             "traffic_test": torch.as_tensor(test.traffic if test.n else empty),
+            "traffic_train": torch.as_tensor(train.traffic),
             "offset_train": torch.as_tensor(train.offsets()),
             "offset_test": torch.as_tensor(test.offsets()),
             "traffic_state": {k: (torch.as_tensor(v) if isinstance(v, np.ndarray) else v) for k, v in tf.state().items()},

@@ -149,7 +149,9 @@ def test_train_and_sample_traffic_only_store(trained, city, tmp_path):
     # clip_x0="data": clean estimates are clamped to [normalised zero volume, training maximum + 1 std]
     norm = ex.normalisation
     lo, hi = x0_range(TrafficTransform.from_state(norm))
-    assert lo == pytest.approx(-norm["traffic_mu"] / norm["traffic_sigma"]) and hi == pytest.approx(norm["traffic_z_max"] + 1.0)
+    # the lowest clean value is the encoded zero volume: log1p = -zero_gap (default 1), standardised
+    assert norm["traffic_zero_gap"] == 1.0
+    assert lo == pytest.approx((-1.0 - norm["traffic_mu"]) / norm["traffic_sigma"]) and hi == pytest.approx(norm["traffic_z_max"] + 1.0)
 
 
 def test_sampling_is_deterministic_and_batch_independent(trained):
@@ -159,8 +161,10 @@ def test_sampling_is_deterministic_and_batch_independent(trained):
     np.testing.assert_array_equal(a, b)
     c = sample_users(export, 5, seed=4, progress=False)["traffic"].values
     assert not np.array_equal(a, c)
-    with pytest.raises(ConfigError, match="traffic only"):
+    with pytest.raises(ConfigError, match="apply to MSTDiff"):
         sample_users(export, 2, seed=0, progress=False, last_step="mode")
+    with pytest.raises(ConfigError, match="apply to MSTDiff"):
+        sample_users(export, 2, seed=0, progress=False, traffic_clip="max")
 
 
 def test_cli_train_sample_eval(city, tmp_path, capsys):

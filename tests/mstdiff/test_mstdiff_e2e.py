@@ -104,6 +104,21 @@ def test_sample_users_into_a_valid_store(trained, city, tmp_path):
     assert not np.array_equal(a["trajectory"].values, b["trajectory"].values)
 
 
+def test_generated_volumes_stay_within_the_training_maximum(trained):
+    """diffusion.traffic_clip_x0 = "max" (default): every clean estimate is capped in the time domain at the
+    largest normalised training volume, so no generated half-hour exceeds the largest training one."""
+    run, export = trained
+    ex = load_export(export)
+    n = ex.normalisation
+    top = float(np.expm1(n["traffic_z_max"] * n["traffic_sigma"] + n["traffic_mu"]))
+    capped = sample_users(export, 40, seed=1, progress=False)["traffic"].values
+    free = sample_users(export, 40, seed=1, progress=False, traffic_clip="none")["traffic"].values
+    assert capped.max() <= top * (1 + 1e-4)
+    assert not np.array_equal(capped, free)
+    with pytest.raises(ValueError, match="traffic_clip"):
+        sample_users(export, 2, seed=1, progress=False, traffic_clip="data")
+
+
 def test_sampling_refuses_another_city(trained, tmp_path):
     _, export = trained
     other = tiny_city(tmp_path / "other.zarr", n_bs=10)

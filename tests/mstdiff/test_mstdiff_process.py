@@ -148,3 +148,30 @@ def test_last_step_mode_versus_sample():
     _, ls = _proc(last_step="sample").sample(unsure, 32, T, generator=torch.Generator().manual_seed(0))
     assert torch.all(lm == 2)
     assert abs(float((ls == 2).float().mean()) - 0.6) < 0.05
+
+
+def test_step_from_x0_is_the_ancestral_step_for_the_implied_estimate():
+    g = GaussianSchedule.make("linear", S, 1e-3, 0.3)
+    x, eps, z = torch.randn(3, T), torch.randn(3, T), torch.randn(3, T)
+    for t in range(S):
+        torch.testing.assert_close(g.step_from_x0(x, g.predict_x0(x, eps, t), t, z), g.step(x, eps, t, z))
+
+
+def test_traffic_x0_constraint_caps_every_clean_estimate():
+    """A denoiser whose estimate overshoots (eps far below zero -> x0 huge): unconstrained, the chain ends far
+    above the cap; with the constraint, every step is taken from the capped estimate, so the last step's output
+    (the posterior mean at t = 0, i.e. the estimate itself) never exceeds the cap."""
+    p = MSTDiffProcess(GaussianSchedule.make("linear", S, 1e-3, 0.3), None)
+    seen = []
+
+    def overshoot(w_t, traj, t, offset=None):
+        return torch.full_like(w_t, -3.0), None
+
+    def cap(x0):
+        seen.append(float(x0.max()))
+        return x0.clamp(max=2.0)
+
+    w_free, _ = p.sample(overshoot, 4, T, generator=torch.Generator().manual_seed(0))
+    w_cap, _ = p.sample(overshoot, 4, T, generator=torch.Generator().manual_seed(0), traffic_x0=cap)
+    assert float(w_free.max()) > 10 and len(seen) == S and max(seen) > 2.0
+    assert float(w_cap.max()) <= 2.0 + 1e-6 and float((w_cap > 1.9).float().mean()) > 0.9
