@@ -40,8 +40,11 @@ Usage::
            [--variants full,wo_traj,...,csdi] [--csdi-config configs/csdi-users-demo.yaml]
            [--geolife PATH | --no-geolife] [--geolife-rows 400]
 
-The tables in results/mstdiff_tables.md were made with ``OMP_NUM_THREADS=1 python jobs/mstdiff_tables.py --out OUT``
-(every default: the synthetic demo city, 400 + 400 GeoLife rows; 45 min on 2 CPU cores shared with another job).
+The tables in results/mstdiff_tables.md were made with ``OMP_NUM_THREADS=1 python jobs/mstdiff_tables.py --out OUT
+--oversample 4`` (otherwise every default: the synthetic demo city, 400 + 400 GeoLife rows; 58 min on 2 CPU cores
+shared with other jobs). Oversampling matters for the periodic RMSE: the synthetic users' traffic is heavy tailed
+(one training half-hour holds 80 000 MB, the 99.99% quantile is 1 061 MB), so the mean user of few generated users
+is noisy.
 
 Writes OUT/tables.md and OUT/tables.json (numbers, settings, timings); runs live in OUT/runs/<variant>.
 Re-running resumes finished runs from their exports.
@@ -374,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     csdi = (f" CSDI-style row: {st['csdi_config']}, {st['csdi_steps']} training steps, same held-out users."
             if st.get("csdi_steps") is not None else "")
     md = ["# MSTDiff tables on mobscale data", "",
-          f"Config {args.config}, {st['steps']} training steps per variant, seed {args.seed}.{csdi} "
+          f"Config {args.config}, {st['steps']} training steps per variant, seed {args.seed}, {args.oversample} generated "
+          f"user(s) per held-out user on the synthetic city.{csdi} "
           "JSD = Jensen-Shannon divergence in nats on bins shared by real and generated data; lower is better.", "",
           markdown("Table I: traffic (synthetic city, held-out users)", res["synthetic"]["traffic"], USER_TRAFFIC_METRICS),
           markdown("Table II: trajectories (synthetic city, held-out users, clean mode)", res["synthetic"]["trajectories"], TRAJECTORY_METRICS)]

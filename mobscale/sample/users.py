@@ -136,8 +136,9 @@ def sample_users(
 
 
 def traffic_cap(clip: str, norm: dict, layout: BandLayout, device: str | torch.device = "cpu"):
-    """The clean-estimate constraint of ``diffusion.traffic_clip_x0="max"`` (None for "none"): band layout -> time (the DWT is orthonormal: one matmul), cap at the largest normalised training
-    volume (log1p; user_max: 1), back to the band layout. Why: a few clean estimates of the Gaussian chain
+    """The clean-estimate constraint of ``diffusion.traffic_clip_x0="max"`` (None for "none"): band layout -> time
+    (the DWT is orthonormal: one matmul), cap at the largest normalised training volume (log1p; user_max: 1), back
+    to the band layout. Why: a few clean estimates of the Gaussian chain
     overshoot by orders of magnitude once exponentiated (measured on the synthetic users: 0.01% of generated
     half-hours above 28 000 MB where the training users' 99.99% quantile is 1 061 MB), and those few values set
     the mean user's volume (MSTDiff Table I's periodic RMSE)."""
