@@ -12,8 +12,9 @@ time steps ``[p r_b, (p+1) r_b)``. :class:`BandLayout` carries those facts for t
 trajectory tokens to each band) and for the sampler (which inverts the DWT).
 
 Normalisation (:class:`TrafficTransform`): ``log1p`` (default) maps m -> (log1p(m) - mu) / sigma with one
-mu, sigma fitted on the training users (plus a zero threshold for the point mass at 0 and a cap one sigma
-above the training maximum, both applied when inverting generated values). Per-user traffic is heavy tailed (bursty app sessions: a single
+mu, sigma fitted on the training users; zero volumes are encoded ``zero_gap`` log1p units below the positive
+ones (``model.users.zero_gap``; 0 = at log1p(0), where a zero threshold then reads near-zero values as zero), and
+generated values are capped one sigma above the training maximum when inverted. Per-user traffic is heavy tailed (bursty app sessions: a single
 burst can be 1000x the median half-hour), so the paper's per-user max normalisation squeezes most of a
 user's week into a few percent of the range and discards the user's volume; log1p keeps both the shape and
 the volume and inverts with two numbers. ``user_max`` (the paper's) is kept for compatibility: generated
