@@ -52,3 +52,4 @@ class DistributedConfig(Section):
     cpus_per_node: int | None = None
     time_min: int = Field(60, ge=1)
     mem_gb: int | None = None
+    rendezvous_timeout_s: float = Field(600.0, gt=0, description="multi-node jobs: how long the Ray head waits for the other nodes (and they for it) before the job fails")

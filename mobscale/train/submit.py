@@ -12,6 +12,9 @@ per node one worker per GPU (``--gpus-per-node``) or, without GPUs, one worker u
   train_ray against that cluster; tasks 1..N-1 join with ``ray start --address`` and leave when task 0 writes
   ``done`` (``ray stop`` would also stop unrelated Ray instances on a shared host, so each task ends only the
   processes it started).
+  A node whose ``ray start`` fails writes ``failed-<rank>`` (its error) there, and the head stops waiting at once
+  with that error instead of waiting out ``distributed.rendezvous_timeout_s`` (a job that would otherwise sit on
+  N nodes doing nothing).
 
 Preemption / time limit: SLURM sends SIGUSR2 (``--signal=USR2@90``, set by submitit) to every process of the
 job. Ray's processes are started with SIGUSR2 ignored (its default action would kill them). In task 0,
@@ -46,8 +49,6 @@ log = get_logger(__name__)
 
 #: how long the preemption handler waits for the requested checkpoint (SLURM's warning comes 90 s ahead)
 CHECKPOINT_WAIT_S = 60.0
-#: how long the head waits for the other nodes to join, and workers for the head's address
-RENDEZVOUS_TIMEOUT_S = 600.0
 
 
 def _preempt_signal() -> signal.Signals:
@@ -106,9 +107,16 @@ class TrainJob(submitit.helpers.Checkpointable):
         if self.nodes == 1:
             return self._single(cfg)
         rdv = Path(self.run_dir) / "slurm" / f"ray-{env.job_id}-{restarts}"
+        timeout = cfg.distributed.rendezvous_timeout_s
         if env.global_rank == 0:
-            return self._head(cfg, rdv)
-        self._worker(rdv)
+            return self._head(cfg, rdv, timeout)
+        try:
+            self._worker(rdv, timeout)
+        except Exception as e:
+            # tell the head now (it would otherwise wait for this node until its timeout); then fail this task
+            rdv.mkdir(parents=True, exist_ok=True)
+            (rdv / f"failed-{env.global_rank}").write_text(f"node {env.global_rank} ({env.hostname}): {type(e).__name__}: {e}")
+            raise
         return None
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
@@ -136,22 +144,22 @@ class TrainJob(submitit.helpers.Checkpointable):
 
                 ray.shutdown()
 
-    def _head(self, cfg, rdv: Path) -> str:
+    def _head(self, cfg, rdv: Path, timeout_s: float) -> str:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "1"  # other nodes must reach us: not loopback
         os.environ.setdefault("RAY_AUTH_MODE", "token")
         ip = _node_ip()
-        port = 20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 10000  # jobs sharing a host need distinct ports
+        port = _head_port()
         address = f"{ip}:{port}"
         head = _ray_start(["--head", f"--node-ip-address={ip}", f"--port={port}", "--include-dashboard=false"], self.cpus_per_node, self.gpus_per_node)
         try:
-            _wait_for(lambda: _ray_status_ok(address), RENDEZVOUS_TIMEOUT_S, f"Ray head at {address}", head)
+            _wait_for(lambda: _ray_status_ok(address), timeout_s, f"Ray head at {address}", head)
             rdv.mkdir(parents=True, exist_ok=True)
             (rdv / "head.tmp").write_text(address)
             (rdv / "head.tmp").replace(rdv / "head")
             import ray
 
             ray.init(address=address, log_to_driver=True)
-            _wait_for(lambda: sum(n["Alive"] for n in ray.nodes()) >= self.nodes, RENDEZVOUS_TIMEOUT_S, f"{self.nodes} Ray nodes", head)
+            _wait_for(lambda: sum(n["Alive"] for n in ray.nodes()) >= self.nodes, timeout_s, f"{self.nodes} Ray nodes", head, failed=rdv)
             log.info("Ray cluster of %d nodes up at %s: %s", self.nodes, address, ray.cluster_resources())
             from mobscale.train.ray_job import train_ray
 
@@ -164,10 +172,10 @@ class TrainJob(submitit.helpers.Checkpointable):
             ray.shutdown()
             _stop(head)
 
-    def _worker(self, rdv: Path) -> None:
+    def _worker(self, rdv: Path, timeout_s: float) -> None:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "1"
         os.environ.setdefault("RAY_AUTH_MODE", "token")
-        _wait_for(lambda: (rdv / "head").exists() or (rdv / "done").exists(), RENDEZVOUS_TIMEOUT_S, f"the Ray head's address in {rdv}")
+        _wait_for(lambda: (rdv / "head").exists() or (rdv / "done").exists(), timeout_s, f"the Ray head's address in {rdv}")
         if (rdv / "done").exists():
             return
         address = (rdv / "head").read_text().strip()
@@ -191,6 +199,12 @@ def _node_ip() -> str:
     return out[0]
 
 
+def _head_port() -> int:
+    """The Ray head's GCS port: jobs sharing a host need distinct ones. 20000-20999 lies below Linux's ephemeral
+    range (32768-60999), where any outgoing connection may hold a port for a while (see _colocated_ports)."""
+    return 20000 + int(os.environ.get("SLURM_JOB_ID", "0") or 0) % 1000
+
+
 def _colocated_ports(head_address: str) -> list[str]:
     """Distinct ports for a Ray worker node that shares its host (IP) with the head and other nodes, e.g. fake SLURM
     nodes on one machine: Ray's node-local services otherwise use fixed defaults (dashboard agent 52365, ...) and a
@@ -199,10 +213,13 @@ def _colocated_ports(head_address: str) -> list[str]:
         return []
     job = int(os.environ.get("SLURM_JOB_ID", "0") or 0)
     rank = int(os.environ.get("SLURM_NODEID", os.environ.get("SLURM_PROCID", "0")) or 0)
-    base = 30000 + ((job % 35) * 16 + rank % 16) * 60  # < 65535; 60 ports per node
+    # 64 ports per node in 21000-32263: above the head ports (20000-20999) and Ray's default worker ports of the head
+    # (10002-19999), below the ephemeral range (32768-60999 on Linux), where a port fixed here may be held by some
+    # process's outgoing connection and `ray start` fails with "Address already in use" at random
+    base = 21000 + ((job % 11) * 16 + rank % 16) * 64
     return [f"--node-manager-port={base}", f"--object-manager-port={base + 1}", f"--dashboard-agent-listen-port={base + 2}",
             f"--dashboard-agent-grpc-port={base + 3}", f"--metrics-export-port={base + 4}", f"--runtime-env-agent-port={base + 5}",
-            f"--min-worker-port={base + 10}", f"--max-worker-port={base + 59}",
+            f"--min-worker-port={base + 10}", f"--max-worker-port={base + 63}",
             # the nodes would also share /tmp/ray's session directory (logs, object-store and raylet sockets)
             f"--temp-dir=/tmp/mobscale-ray-{job}-{rank}"]
 
@@ -225,11 +242,16 @@ def _ray_status_ok(address: str) -> bool:
     return r.returncode == 0 and "Active:" in r.stdout
 
 
-def _wait_for(cond, timeout_s: float, what: str, proc: subprocess.Popen | None = None) -> None:
+def _wait_for(cond, timeout_s: float, what: str, proc: subprocess.Popen | None = None, failed: Path | None = None) -> None:
+    """Poll ``cond`` until true; fail if ``proc`` (our `ray start`) exits, a node reports ``failed-*`` in the
+    rendezvous directory ``failed``, or ``timeout_s`` passes."""
     deadline = time.monotonic() + timeout_s
     while not cond():
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"`ray start` exited with {proc.returncode} while waiting for {what}")
+        reports = sorted(failed.glob("failed-*")) if failed is not None else []
+        if reports:
+            raise RuntimeError(f"while waiting for {what}: " + "; ".join(p.read_text() for p in reports))
         if time.monotonic() > deadline:
             raise TimeoutError(f"gave up after {timeout_s:.0f} s waiting for {what}")
         time.sleep(1.0)

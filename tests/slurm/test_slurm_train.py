@@ -74,14 +74,24 @@ def test_nodes_n_through_submitit(tmp_path, nodes):
     """--nodes N: a Ray cluster over N SLURM nodes (fake nodes share one host here: distinct ports and temp dirs)."""
     if IDLE < nodes:
         pytest.skip(f"needs {nodes} idle SLURM nodes (ci/start_slurm.sh DIR {nodes})")
+    cfg = toy_cfg()
+    # a node that never joins fails the job well before this test's own limit (the message is in the logs below)
+    cfg["distributed"]["rendezvous_timeout_s"] = 240
     cfg_file = tmp_path / "toy.yaml"
-    cfg_file.write_text(yaml.safe_dump(toy_cfg()))
+    cfg_file.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "run"
     env = {**os.environ, "MOBSCALE_TASK_FACTORY": "toy_task:ToyTask"}
-    r = subprocess.run([sys.executable, "-m", "mobscale.launch", "train", "--config", str(cfg_file), "--out", str(run), "--nodes", str(nodes), "--wait"],
-                       env=env, capture_output=True, text=True, timeout=540)
-    logs = "\n".join(p.read_text()[-2000:] for p in (run / "slurm").glob("*/*_log.out")) if (run / "slurm").exists() else ""
-    assert r.returncode == 0, (r.stderr[-2000:], logs)
+
+    def logs() -> str:
+        return "\n".join(f"== {p.name}\n" + p.read_text()[-2000:] for p in sorted((run / "slurm").glob("*/*_log.out"))) if (run / "slurm").exists() else ""
+
+    cmd = [sys.executable, "-m", "mobscale.launch", "train", "--config", str(cfg_file), "--out", str(run), "--nodes", str(nodes), "--wait"]
+    try:
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=540)
+    except subprocess.TimeoutExpired as e:
+        subprocess.run(["scancel", "--name", "mobscale-toy"], check=False)  # free the nodes for the tests after this one
+        pytest.fail(f"no result within 540 s\n{(e.stderr or b'').decode()[-2000:]}\n{logs()}")
+    assert r.returncode == 0, (r.stderr[-2000:], logs())
     assert r.stdout.strip().splitlines()[-1] == str(run / "export")
     state = ckpt.read_state(run / "toy" / "step_00000012")
     assert state["world_size"] == nodes and state["engine"] == "ddp"  # one worker per node

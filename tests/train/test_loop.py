@@ -204,6 +204,58 @@ def test_nodes_without_slurm_is_a_clear_error(tmp_path, monkeypatch):
         submit.submit_train(load_dict(toy_cfg()), tmp_path, nodes=2)
 
 
+def test_colocated_ray_ports_are_distinct_and_below_the_ephemeral_range(monkeypatch):
+    """Fake SLURM nodes share one host: every node's fixed Ray ports must differ from the other nodes' and the head's,
+    and stay out of 32768-60999, where an outgoing connection can hold a port and `ray start` fails at random."""
+    import mobscale.train.submit as submit
+
+    monkeypatch.setattr(submit, "_node_ip", lambda: "10.0.0.1")
+    for job in (1, 8, 10, 11, 12, 999, 12345):
+        monkeypatch.setenv("SLURM_JOB_ID", str(job))
+        head = submit._head_port()
+        taken = set()
+        for rank in range(1, 16):
+            monkeypatch.setenv("SLURM_NODEID", str(rank))
+            args = dict(a.lstrip("-").split("=", 1) for a in submit._colocated_ports(f"10.0.0.1:{head}"))
+            ports = {int(v) for k, v in args.items() if k.endswith("port")}
+            ports |= set(range(int(args["min-worker-port"]), int(args["max-worker-port"]) + 1))
+            assert min(ports) >= 21000 and max(ports) < 32768, (job, rank)
+            assert not ports & taken and head not in ports
+            assert args["temp-dir"] == f"/tmp/mobscale-ray-{job}-{rank}"
+            taken |= ports
+        assert 20000 <= head < 21000
+    # a node on its own host (a real cluster) sets nothing
+    assert submit._colocated_ports("10.0.0.2:20001") == []
+
+
+def test_failed_node_stops_the_head_waiting(tmp_path, monkeypatch):
+    """A node whose `ray start` fails reports it in the rendezvous directory; the head's wait ends at once with
+    that node's error instead of its timeout."""
+    from types import SimpleNamespace
+
+    import mobscale.train.submit as submit
+
+    env = SimpleNamespace(job_id="7", global_rank=1, num_tasks=2, hostname="n2")
+    monkeypatch.setattr(submit.submitit, "JobEnvironment", lambda: env)
+
+    def broken_worker(self, rdv, timeout_s):
+        raise RuntimeError("`ray start` exited with 1")
+
+    monkeypatch.setattr(submit.TrainJob, "_worker", broken_worker)
+    cfg = load_dict({**toy_cfg(), "distributed": {"rendezvous_timeout_s": 120}})
+    job = submit.TrainJob(cfg.model_dump(mode="json"), str(tmp_path), 2, 1, 0)
+    with pytest.raises(RuntimeError, match="exited with 1"):
+        job()
+    rdv = tmp_path / "slurm" / "ray-7-0"
+    assert "node 1 (n2)" in (rdv / "failed-1").read_text()
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"2 Ray nodes: node 1 \(n2\): RuntimeError: `ray start` exited with 1"):
+        submit._wait_for(lambda: False, 120, "2 Ray nodes", failed=rdv)
+    assert time.monotonic() - t0 < 5
+    with pytest.raises(TimeoutError, match="gave up after 1 s"):
+        submit._wait_for(lambda: False, 1.0, "nothing", failed=tmp_path)
+
+
 def test_cli_local_engine(tmp_path, monkeypatch, capsys):
     from mobscale.launch import main
 
