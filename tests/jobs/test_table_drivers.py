@@ -109,17 +109,26 @@ def test_mstdiff_table_driver(tmp_path):
     assert (out / "runs" / "full" / "export" / "model.pt").exists()
     assert not (out / "runs" / "sampled_last").exists() and not (out / "runs" / "no_x0_cap").exists()
     assert "no_x0_cap" in res["traffic"] and "Table I: traffic" in (out / "tables.md").read_text()
-    # the traffic check prints the run's users; its training users are the volumes as read (zeros stay zeros, not
-    # the float32 round-off of inverted coefficients)
+    # the check prints the run's users; its training users are the volumes as read (zeros stay zeros, not the
+    # float32 round-off of inverted coefficients)
     import torch
 
-    spec = importlib.util.spec_from_file_location("mstdiff_traffic_check", REPO / "jobs" / "mstdiff_traffic_check.py")
+    spec = importlib.util.spec_from_file_location("mstdiff_check", REPO / "jobs" / "mstdiff_check.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     rep = mod.main([str(out / "runs" / "full"), "--users", "6"])
     prep = torch.load(out / "runs" / "full" / "mstdiff_data.pt", weights_only=True)
     train = prep["traffic_train"].numpy()
     assert (train == 0).mean() > 0.05
-    assert rep["training users"]["zero_share"] == round(float((train == 0).mean()), 4)
-    assert rep["held-out users"]["zero_share"] == round(float((prep["traffic_test"].numpy() == 0).mean()), 4)
-    assert rep["generated"]["users"] == 6
+    assert rep["traffic"]["training users"]["zero_share"] == round(float((train == 0).mean()), 4)
+    assert rep["traffic"]["held-out users"]["zero_share"] == round(float((prep["traffic_test"].numpy() == 0).mean()), 4)
+    assert rep["traffic"]["generated"]["users"] == 6
+    test = prep["trajectory_test"].numpy()
+    traj = rep["trajectories"]
+    assert traj["held-out users"]["moves"] == round(float((test[:, 1:] != test[:, :-1]).sum(1).mean()), 2)
+    assert traj["generated"]["users"] == traj["Markov chain"]["users"] == 6
+    # the trajectory summary by hand: stays of 2, 3 and 1 slots at three places 0.01 degree (1.11 km) apart
+    latlon = np.array([[0.0, 0.0], [0.0, 0.01], [0.01, 0.01]])
+    s = mod.mobility_summary(np.array([[0, 0, 1, 1, 1, 2]]), latlon)
+    assert (s["moves"], s["distinct"], s["stay_mean"], s["one_slot_stays"]) == (2.0, 3.0, 2.0, 0.333)
+    assert s["km_q10"] == s["km_q50"] == s["km_q90"] == pytest.approx(1.112, abs=1e-3)
