@@ -93,6 +93,7 @@ VARIANTS: dict[str, dict] = {
     "no_ce": {"model.lambda_ce": 0.0},
     "band_order": {"model.output_order": "band"},
     "sampled_last": {"diffusion.trajectory_last_step": "sample"},
+    "copy_gate": {"model.copy_gate": True},
     "no_zero_gap": {"model.users.zero_gap": 0.0},
     "no_x0_cap": {"diffusion.traffic_clip_x0": "none"},
     "public_code": {
@@ -106,6 +107,7 @@ LABELS = {
     "full": "MSTDiff", "wo_traj": "MSTDiff w/o Traj (traffic only)", "traj_only": "MSTDiff trajectory only",
     "ref_posterior": "+ reference posterior", "ref_input": "+ probability-row input (leak)", "finetuned_vq": "+ fine-tuned VQ-VAE",
     "no_ce": "+ no CE term", "band_order": "+ band-ordered output", "sampled_last": "+ sampled last step",
+    "copy_gate": "+ copy gate on the trajectory head (not in the paper)",
     "no_zero_gap": "+ zeros at log1p = 0 (no zero gap)", "no_x0_cap": "+ no cap of the clean estimate",
     "public_code": "public code (all of the above)",
     "markov": "Markov chain", "epr": "EPR", "slot_resample": "per-slot empirical resampling", "train_users": "train users (noise floor)",

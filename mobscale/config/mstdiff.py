@@ -126,6 +126,11 @@ class MSTDiffModelConfig(Section):
     lambda_kl: float = Field(1.0, ge=0)
     lambda_ce: float = Field(1.0, ge=0, description="CE weight; 1.0 beat 0.1 on the demo city (800 steps: DailyLoc JSD 0.41 vs 0.54)")
     use_trajectory: bool = True
+    copy_gate: bool = Field(
+        False, description="trajectory head: add a learned per-position logit bonus for the location each position holds now "
+        "(keeps one-slot stays the plain head smooths away, but at 1000 steps the network then copies noise instead of "
+        "denoising: off by default; not in the paper)",
+    )
     use_traffic: bool = True
     freeze_vqvae: bool = True
     output_order: Literal["time", "band"] = Field(

@@ -91,6 +91,31 @@ def test_trajectory_scale_outputs_reach_the_steps_of_their_window():
     assert up[0, :, 0].tolist() == [float(i // 8) for i in range(48)]
 
 
+def test_copy_gate_adds_a_bonus_to_the_current_location_only_and_old_exports_load():
+    """The copy gate adds g(h) to the logit of the location each position holds now (indices or probability rows
+    alike), nothing else; zero-initialised, so a state dict written without it loads and gives the same logits."""
+    plain = _model(copy_gate=False, use_traffic=False, vqvae=None)
+    gated = _model(use_traffic=False, vqvae=None, copy_gate=True)
+    assert gated.copy_head is not None and plain.copy_head is None
+    old = plain.state_dict()
+    assert not any(k.startswith("copy_head") for k in old)
+    gated.load_state_dict(old)  # strict: the gate's missing weights come in as zeros
+    assert torch.count_nonzero(gated.copy_head.weight) == 0 and torch.count_nonzero(gated.copy_head.bias) == 0
+    l = torch.randint(0, 9, (2, T))
+    t = torch.tensor([0, 4])
+    base = plain(None, l, t)[1]
+    assert torch.equal(gated(None, l, t)[1], base)
+    with torch.no_grad():
+        gated.copy_head.bias.fill_(3.0)
+    bonus = gated(None, l, t)[1] - base
+    assert torch.allclose(bonus, 3.0 * torch.nn.functional.one_hot(l, 9).float(), atol=1e-5)
+    probs = torch.nn.functional.one_hot(l, 9).float()
+    assert torch.allclose(gated(None, probs, t)[1], gated(None, l, t)[1], atol=1e-5)
+    # and the gate is trained: its weights get gradients from the logits
+    gated(None, l, t)[1].logsumexp(-1).sum().backward()
+    assert gated.copy_head.bias.grad is not None and gated.copy_head.bias.grad.abs() > 0
+
+
 def test_band_output_order_ablation_differs():
     m = _model(output_order="band", use_traffic=False, vqvae=None)
     eps, logits = m(None, torch.randint(0, 9, (2, T)), torch.tensor([0, 1]))
