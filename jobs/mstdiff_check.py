@@ -5,9 +5,11 @@ half-hours hold (the figures behind ``model.users.zero_gap`` and ``diffusion.tra
 (MSTDiff with a trajectory branch), also for a first-order Markov chain fitted on the training users: moves per
 user-week, distinct base stations per user-week, quantiles of the move distance (km), the mean stay (slots) and
 the share of one-slot stays -- plain figures that say *why* a trajectory JSD is high (see results/README.md,
-"MSTDiff"). Usage::
+"MSTDiff"). ``--probe``: training users corrupted to diffusion step s and denoised once; how often the predicted
+clean location is right, for long stays and for one-slot stays (transits), and for transits whose own token is
+still in the input. Usage::
 
-    python jobs/mstdiff_check.py RUN [--users N] [--seed S] [--traffic-clip none|max] [--last-step mode|sample]
+    python jobs/mstdiff_check.py RUN [--users N] [--seed S] [--traffic-clip none|max] [--last-step mode|sample] [--probe]
 
 RUN is a training folder (its export, prepared data and config); N generated users (default: as many as held out).
 """
@@ -28,7 +30,7 @@ from mobscale.data.store import open_city  # noqa: E402
 from mobscale.eval.trajectories import distinct_locations, haversine_km, run_lengths  # noqa: E402
 from mobscale.log import setup_logging  # noqa: E402
 from mobscale.model.mobility_baselines import MarkovChainMobility  # noqa: E402
-from mobscale.sample.users import sample_users  # noqa: E402
+from mobscale.sample.users import load_mstdiff, sample_users  # noqa: E402
 from mobscale.train.mstdiff_task import CSDI_USERS_DATA_FILE, DATA_FILE  # noqa: E402
 from mstdiff_tables import _latlon, _train_volumes  # noqa: E402
 
@@ -54,6 +56,40 @@ def mobility_summary(traj: np.ndarray, latlon: np.ndarray) -> dict:
             "stay_mean": round(float(stays.mean()), 2), "one_slot_stays": round(float(np.mean(stays == 1)), 3)}
 
 
+def one_slot_stays(traj: np.ndarray) -> np.ndarray:
+    """(users, T) -> bool (users, T): positions whose stay lasts one slot (the location differs before and after)."""
+    T = traj.shape[1]
+    before = np.concatenate([np.ones((traj.shape[0], 1), bool), traj[:, 1:] != traj[:, :-1]], 1)
+    after = np.concatenate([traj[:, :-1] != traj[:, 1:], np.ones((traj.shape[0], 1), bool)], 1)
+    return before & after if T > 1 else np.ones_like(traj, bool)
+
+
+@torch.no_grad()
+def denoise_probe(run: Path, prep: dict, steps: tuple[int, ...] | None = None, users: int = 64, seed: int = 0) -> dict:
+    """Per diffusion step s: corrupt ``users`` training users to s, denoise once, score argmax p(l0 | l_s)."""
+    cfg, model, process, _ = load_mstdiff(run / "export")
+    l0 = prep["l_train"][:users].long()
+    off = prep["offset_train"][:users].long()
+    one = torch.as_tensor(one_slot_stays(l0.numpy()))
+    g = torch.Generator().manual_seed(seed)
+    S = process.steps
+    steps = steps or tuple(sorted({0, 2, 5, 10, S // 2, S - 1}))
+    out = {}
+    for s in steps:
+        t = torch.full((l0.shape[0],), s, dtype=torch.long)
+        lt, _ = process.trajectory.q_sample(l0, t, g)
+        w = None
+        if cfg.model.use_traffic:
+            w0 = prep["w_train"][:users]
+            w = process.traffic.add_noise(w0, torch.randn(w0.shape, generator=g), t)
+        hit = model(w, lt, t, off)[1].argmax(-1) == l0
+        kept = lt == l0
+        out[int(s)] = {"clean_tokens": round(float(kept.float().mean()), 3), "stays": round(float(hit[~one].float().mean()), 3),
+                       "transits": round(float(hit[one].float().mean()), 3),
+                       "transits_in_input": round(float(hit[one & kept].float().mean()), 3) if bool((one & kept).any()) else float("nan")}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path)
@@ -61,6 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--traffic-clip", choices=["none", "max"], default=None, help="MSTDiff only: override diffusion.traffic_clip_x0")
     ap.add_argument("--last-step", choices=["mode", "sample"], default=None, help="MSTDiff only: override diffusion.trajectory_last_step")
+    ap.add_argument("--probe", action="store_true", help="MSTDiff with trajectories: one-step denoising accuracy per diffusion step")
     args = ap.parse_args(argv)
     setup_logging()
     data = args.run / DATA_FILE if (args.run / DATA_FILE).exists() else args.run / CSDI_USERS_DATA_FILE
@@ -87,10 +124,12 @@ def main(argv: list[str] | None = None) -> dict:
         markov = MarkovChainMobility().fit(train, open_city(store).sizes["bs"]).sample(n, test.shape[1], args.seed)
         out["trajectories"] = {"held-out users": mobility_summary(test, latlon), "training users": mobility_summary(train, latlon),
                                "generated": mobility_summary(gen["trajectory"].values, latlon), "Markov chain": mobility_summary(markov, latlon)}
+        if args.probe:
+            out["denoising probe (step: accuracy of argmax p(l0 | l_s))"] = denoise_probe(args.run, prep, seed=args.seed)
     for part, rows in out.items():
         print(f"# {part}")
         for k, v in rows.items():
-            print(f"{k:15s} " + "  ".join(f"{a}={b}" for a, b in v.items()))
+            print(f"{str(k):15s} " + "  ".join(f"{a}={b}" for a, b in v.items()))
     return out
 
 

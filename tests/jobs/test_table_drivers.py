@@ -116,7 +116,7 @@ def test_mstdiff_table_driver(tmp_path):
     spec = importlib.util.spec_from_file_location("mstdiff_check", REPO / "jobs" / "mstdiff_check.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    rep = mod.main([str(out / "runs" / "full"), "--users", "6"])
+    rep = mod.main([str(out / "runs" / "full"), "--users", "6", "--probe"])
     prep = torch.load(out / "runs" / "full" / "mstdiff_data.pt", weights_only=True)
     train = prep["traffic_train"].numpy()
     assert (train == 0).mean() > 0.05
@@ -132,3 +132,10 @@ def test_mstdiff_table_driver(tmp_path):
     s = mod.mobility_summary(np.array([[0, 0, 1, 1, 1, 2]]), latlon)
     assert (s["moves"], s["distinct"], s["stay_mean"], s["one_slot_stays"]) == (2.0, 3.0, 2.0, 0.333)
     assert s["km_q10"] == s["km_q50"] == s["km_q90"] == pytest.approx(1.112, abs=1e-3)
+    assert mod.one_slot_stays(np.array([[0, 0, 1, 1, 1, 2], [0, 1, 0, 2, 2, 2]])).tolist() == [
+        [False, False, False, False, False, True], [True, True, True, False, False, False]]
+    probe = rep["denoising probe (step: accuracy of argmax p(l0 | l_s))"]
+    assert 0 in probe and len(probe) >= 4
+    # step 0 corrupts little: most tokens are still clean
+    assert probe[0]["clean_tokens"] > 0.5 and probe[0]["clean_tokens"] >= probe[max(probe)]["clean_tokens"]
+    assert all(0.0 <= v["stays"] <= 1.0 and 0.0 <= v["transits"] <= 1.0 for v in probe.values())
