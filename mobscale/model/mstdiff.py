@@ -178,7 +178,7 @@ class MSTDiffDenoiser(nn.Module):
             # posterior erases most transits (3.8 distinct places per user-week generated vs 10.7 real). Why it is off:
             # with it, at 1000 steps the network learns to copy instead of to denoise (accuracy on stays at step 10
             # 0.82 -> 0.52) and the chain keeps its starting noise (286 moves per user-week vs 44). See results/README.md.
-            # Zero-initialised: g = 0 is the model without the gate (exports written before it load unchanged).
+            # Zero-initialised: g = 0 is the model without the gate.
             self.copy_head = nn.Linear(W, 1) if copy_gate and output_order == "time" else None
             if self.copy_head is not None:
                 nn.init.zeros_(self.copy_head.weight)
@@ -294,13 +294,6 @@ class MSTDiffDenoiser(nn.Module):
                 else:  # probability rows (ablation input): the bonus spread as the row
                     logits = logits + gain * traj.to(logits.dtype)
         return eps, logits
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        # exports written before the copy gate: a zero gate is exactly the model they were trained as
-        if getattr(self, "copy_head", None) is not None:
-            for k in ("weight", "bias"):
-                state_dict.setdefault(f"{prefix}copy_head.{k}", torch.zeros_like(getattr(self.copy_head, k)))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     @staticmethod
     def _up(h: torch.Tensor, L: int) -> torch.Tensor:
