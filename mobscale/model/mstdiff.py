@@ -177,7 +177,7 @@ class MSTDiffDenoiser(nn.Module):
             # half of all stays) 8% of the time even at the last step, where 94% of tokens are still clean, so the exact
             # posterior erases most transits (3.8 distinct places per user-week generated vs 10.7 real). Why it is off:
             # with it, at 1000 steps the network learns to copy instead of to denoise (accuracy on stays at step 10
-            # 0.82 -> 0.52) and the chain keeps its starting noise (286 moves per user-week vs 44). See results/README.md.
+            # 0.80 -> 0.52) and the chain keeps its starting noise (286 moves per user-week vs 44). See results/README.md.
             # Zero-initialised: g = 0 is the model without the gate.
             self.copy_head = nn.Linear(W, 1) if copy_gate and output_order == "time" else None
             if self.copy_head is not None:
