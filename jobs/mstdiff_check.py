@@ -9,7 +9,7 @@ the share of one-slot stays -- plain figures that say *why* a trajectory JSD is 
 clean location is right, for long stays and for one-slot stays (transits), and for transits whose own token is
 still in the input. Usage::
 
-    python jobs/mstdiff_check.py RUN [--users N] [--seed S] [--traffic-clip none|max] [--last-step mode|sample] [--probe]
+    python jobs/mstdiff_check.py RUN [--users N] [--seed S] [--traffic-clip none|max] [--last-step mode|sample] [--temperature T] [--probe]
 
 RUN is a training folder (its export, prepared data and config); N generated users (default: as many as held out).
 """
@@ -82,7 +82,7 @@ def denoise_probe(run: Path, prep: dict, steps: tuple[int, ...] | None = None, u
         if cfg.model.use_traffic:
             w0 = prep["w_train"][:users]
             w = process.traffic.add_noise(w0, torch.randn(w0.shape, generator=g), t)
-        hit = model(w, lt, t, off)[1].argmax(-1) == l0
+        hit = process.x0_logits(model(w, lt, t, off)[1], lt, t).argmax(-1) == l0
         kept = lt == l0
         out[int(s)] = {"clean_tokens": round(float(kept.float().mean()), 3), "stays": round(float(hit[~one].float().mean()), 3),
                        "transits": round(float(hit[one].float().mean()), 3),
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--traffic-clip", choices=["none", "max"], default=None, help="MSTDiff only: override diffusion.traffic_clip_x0")
     ap.add_argument("--last-step", choices=["mode", "sample"], default=None, help="MSTDiff only: override diffusion.trajectory_last_step")
+    ap.add_argument("--temperature", type=float, default=None, help="MSTDiff only: override diffusion.trajectory_temperature")
     ap.add_argument("--probe", action="store_true", help="MSTDiff with trajectories: one-step denoising accuracy per diffusion step")
     args = ap.parse_args(argv)
     setup_logging()
@@ -110,6 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
     kw = {"traffic_clip": args.traffic_clip} if args.traffic_clip else {}
     if args.last_step:
         kw["last_step"] = args.last_step
+    if args.temperature is not None:
+        kw["temperature"] = args.temperature
     gen = sample_users(args.run / "export", n, seed=args.seed, progress=False, **kw)
     out: dict = {}
     if has_traffic:

@@ -16,7 +16,9 @@ undone one at a time (reference posterior, probability-row input, fine-tuned VQ-
 output, sampled last step: the latter reuses the full model); our two traffic-encoding choices undone (zeros at
 log1p = 0 instead of ``model.users.zero_gap`` below, no cap of the clean estimate at the training maximum:
 sampling only); and all together ("public code", which has neither of ours and also uses the raw 0.01 -> 0.1
-rate schedule without teleport); baselines: the CSDI-style traffic baseline of the paper's
+rate schedule without teleport); options of ours that are not in the paper, one at a time (``copy_gate``,
+``likelihood``, ``step_layers``; ``temp1`` / ``temp05``: the sampling temperature set to 1 / 0.5, sampling only, for
+configs that set another, e.g. configs/mstdiff-3k.yaml); baselines: the CSDI-style traffic baseline of the paper's
 Table I (variant ``csdi``: ``model.kind=csdi_users`` from ``--csdi-config``, default configs/csdi-users-demo.yaml;
 a single-resolution DDPM on the normalised half-hourly series, CSDI's residual network with its time
 transformer, 50 steps, quadratic betas 1e-4 -> 0.5; the same users block, hence the same held-out users, which
@@ -103,12 +105,20 @@ VARIANTS: dict[str, dict] = {
     },
     # not a defect of the public code: an option of ours, measured (results/README.md), off by default
     "copy_gate": {"model.copy_gate": True},
+    "likelihood": {"diffusion.trajectory_likelihood": True},
+    "step_layers": {"model.step_layers": 1},
+    "temp1": {"diffusion.trajectory_temperature": 1.0},
+    "temp05": {"diffusion.trajectory_temperature": 0.5},
 }
 LABELS = {
     "full": "MSTDiff", "wo_traj": "MSTDiff w/o Traj (traffic only)", "traj_only": "MSTDiff trajectory only",
     "ref_posterior": "+ reference posterior", "ref_input": "+ probability-row input (leak)", "finetuned_vq": "+ fine-tuned VQ-VAE",
     "no_ce": "+ no CE term", "band_order": "+ band-ordered output", "sampled_last": "+ sampled last step",
     "copy_gate": "+ copy gate on the trajectory head (not in the paper)",
+    "likelihood": "+ q(l_t | l0) in p(l0 | l_t) (D3PM parameterisation; not in the paper)",
+    "step_layers": "+ one attention block at single-step resolution (not in the paper)",
+    "temp1": "sampling temperature 1 on p(l0 | l_t) (the model's own distribution)",
+    "temp05": "sampling temperature 0.5 on p(l0 | l_t) (not in the paper)",
     "no_zero_gap": "+ zeros at log1p = 0 (no zero gap)", "no_x0_cap": "+ no cap of the clean estimate",
     "public_code": "public code (all of the above)",
     "markov": "Markov chain", "epr": "EPR", "slot_resample": "per-slot empirical resampling", "train_users": "train users (noise floor)",
@@ -124,7 +134,7 @@ def _sets(d: dict) -> list[str]:
 
 
 #: variants that change only how samples are drawn: they reuse this variant's trained model
-SAMPLING_ONLY = {"sampled_last": "full", "no_x0_cap": "full"}
+SAMPLING_ONLY = {"sampled_last": "full", "no_x0_cap": "full", "temp1": "full", "temp05": "full"}
 
 
 def run_variant(config: Path, sets: list[str], name: str, over: dict, runs: Path):
@@ -222,7 +232,8 @@ def synthetic_tables(args, out: Path) -> dict:
         n_test = (real.get("traffic") if "traffic" in real else real["trajectory"]).shape[0]
         t0 = time.perf_counter()
         gen = sample_users(export, n_test * args.oversample, seed=args.seed, progress=False, last_step=cfg.diffusion.trajectory_last_step,
-                           traffic_clip=cfg.diffusion.traffic_clip_x0 if cfg.model.use_traffic else None)
+                           traffic_clip=cfg.diffusion.traffic_clip_x0 if cfg.model.use_traffic else None,
+                           temperature=cfg.diffusion.trajectory_temperature if cfg.model.use_trajectory else None)
         results["timing_s"][name] = {"train": round(dt, 1), "sample": round(time.perf_counter() - t0, 1)}
         if "traffic" in gen:
             results["traffic"][name] = traffic_row(real["traffic"], gen["traffic"].values)
@@ -325,13 +336,14 @@ def geolife_tables(args, out: Path) -> dict:
     runs = out / "geolife_runs"
     runs.mkdir(parents=True, exist_ok=True)
     res: dict = {"clean": {}, "movesim": {}, "timing_s": {}, "settings": {"rows": 2 * args.geolife_rows, "locations": int(coords.shape[0])}}
-    for name in ("traj_only", "ref_posterior"):
+    for name in args.geolife_variants:
         export, cfg, dt = run_variant(args.config, sets, name, {"diffusion.posterior": "reference"} if name == "ref_posterior" else {}, runs)
         prep = torch.load(export.parent / DATA_FILE, weights_only=True)
         real_test = prep["trajectory_test"].numpy()
         train_rows = prep["vocab"].numpy()[prep["l_train"].numpy()]
         t0 = time.perf_counter()
-        gen = sample_users(export, real_test.shape[0], seed=args.seed, progress=False)["trajectory"].values
+        gen = sample_users(export, real_test.shape[0], seed=args.seed, progress=False,
+                           temperature=cfg.diffusion.trajectory_temperature)["trajectory"].values
         res["timing_s"][name] = {"train": round(dt, 1), "sample": round(time.perf_counter() - t0, 1)}
         for mode in ("clean", "movesim"):
             res[mode][name] = trajectory_metrics(real_test, gen, coords, mode)
@@ -361,11 +373,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--geolife", type=Path, default=GEOLIFE)
     ap.add_argument("--no-geolife", action="store_true")
     ap.add_argument("--geolife-rows", type=int, default=400)
+    ap.add_argument("--geolife-variants", default="traj_only,ref_posterior",
+                    help="MSTDiff rows of the GeoLife table (trajectory only, with the exact / reference posterior)")
     args = ap.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in args.variants if v not in known]
     if unknown:
         ap.error(f"unknown variants {unknown} (known: {', '.join(known)})")
+    args.geolife_variants = [v.strip() for v in args.geolife_variants.split(",") if v.strip()]
+    if not args.geolife_variants or set(args.geolife_variants) - {"traj_only", "ref_posterior"}:
+        ap.error(f"--geolife-variants: a subset of traj_only,ref_posterior, got {args.geolife_variants}")
     setup_logging()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,11 @@ Switches that reproduce the public code's choices (for ablations; the defaults a
 
 ``configs/model/mstdiff-reference.yaml`` sets all of them.
 
+Options of ours, not in the paper, off by default (measured in results/README.md, "What brings the transits back"):
+``model.copy_gate``, ``model.step_layers``, ``diffusion.trajectory_likelihood`` (D3PM's parameterisation of
+p(l0 | l_t)) and ``diffusion.trajectory_temperature`` (sampling only). ``configs/mstdiff-3k.yaml`` sets the ones that
+help at 3000 training steps.
+
 Ablations of the paper: ``model.use_trajectory=False`` (traffic only, "w/o Traj"), ``model.use_traffic=False``
 (trajectory only).
 
@@ -68,6 +73,14 @@ class MSTDiffDiffusionConfig(Section):
     )
     trajectory_input: Literal["sample", "probs"] = Field(
         "sample", description="'probs' feeds the network Qbar_t[l0] (public code; leaks l0) instead of a sampled l_t"
+    )
+    trajectory_temperature: float = Field(
+        1.0, gt=0, description="sampling only: p(l0 | l_t) = softmax(logits / temperature) in each reverse step (1 = the "
+        "model's distribution; < 1 sharpens it: fewer positions drawn away from the network's best guess)",
+    )
+    trajectory_likelihood: bool = Field(
+        False, description="p(l0 | l_t) = network output times q(l_t | l0) (D3PM's parameterisation): the token each "
+        "position holds enters with the exact weight of step t; false = the network's output alone (the paper)",
     )
 
     @model_validator(mode="after")
@@ -130,6 +143,10 @@ class MSTDiffModelConfig(Section):
         False, description="trajectory head: add a learned per-position logit bonus for the location each position holds now "
         "(keeps one-slot stays the plain head smooths away, but at 1000 steps the network then copies noise instead of "
         "denoising: off by default; not in the paper)",
+    )
+    step_layers: int = Field(
+        0, ge=0, description="self-attention blocks over the T single time steps before the trajectory head (the finest "
+        "wavelet scale has T/2 tokens, so without them nothing attends at one-step resolution; 0 = the paper's network)",
     )
     use_traffic: bool = True
     freeze_vqvae: bool = True

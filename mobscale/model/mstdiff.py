@@ -18,7 +18,8 @@ Outputs are in TIME ORDER: traffic eps per coefficient in band layout (what the 
 b's position p is its time window p), and trajectory logits per time step 0..T-1 from the finest
 per-step tokens plus every scale's output at the window holding that step (logits = dot products with the
 location table: the output head is tied to the input embedding); optionally plus a learned per-position bonus for
-the location the position holds now (``copy_gate``, off: not in the paper, see the comment at ``copy_head``). ``output_order="band"``
+the location the position holds now (``copy_gate``, off: not in the paper, see the comment at ``copy_head``), and
+optionally after ``step_layers`` self-attention blocks over the T single steps (off: not in the paper). ``output_order="band"``
 reproduces the public code, which concatenates the per-band trajectory outputs along the sequence (so
 output position p is not time step p); ablation only.
 """
@@ -121,6 +122,7 @@ class MSTDiffDenoiser(nn.Module):
         output_order: str = "time",
         steps_per_day: int = 48,
         copy_gate: bool = False,
+        step_layers: int = 0,
     ):
         super().__init__()
         if output_order not in ("time", "band"):
@@ -183,6 +185,14 @@ class MSTDiffDenoiser(nn.Module):
             if self.copy_head is not None:
                 nn.init.zeros_(self.copy_head.weight)
                 nn.init.zeros_(self.copy_head.bias)
+            # per-step blocks (optional, not in the paper): self-attention over the T time steps after the scales are
+            # fused. Why: the finest wavelet scale has T/2 tokens, so no attention ever sees a single time step; the only
+            # per-step input to the head is the raw location embedding. A one-slot stay (a transit, A A X B B) and a
+            # one-position corruption then look alike to the head. Measured: alone it does not bring the transits back;
+            # with diffusion.rate_start=0.001 and 3000 steps it lowers the distance / radius JSDs (results/README.md).
+            if step_layers and output_order != "time":
+                raise ValueError("step_layers needs output_order='time'")
+            self.step_blocks = nn.ModuleList(CoBlock(W, heads, False, True) for _ in range(step_layers))
         self.blocks = nn.ModuleList(
             nn.ModuleList(CoBlock(W, heads, use_traffic, use_trajectory) for _ in range(layers_per_scale)) for _ in range(self.nb)
         )
@@ -199,9 +209,9 @@ class MSTDiffDenoiser(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     # ------------------------------------------------------------------ embeddings
-    def _positions(self, band: int, offset: torch.Tensor | None, B: int, device) -> torch.Tensor:
-        """(B, L_b, W) positional embedding of the band's window centres."""
-        r, L = self.ratios[band], self.band_lengths[band]
+    def _positions(self, band: int | None, offset: torch.Tensor | None, B: int, device) -> torch.Tensor:
+        """(B, L_b, W) positional embedding of the band's window centres (band None: every time step, (B, T, W))."""
+        r, L = (1, self.T) if band is None else (self.ratios[band], self.band_lengths[band])
         rel = torch.arange(L, device=device, dtype=torch.float32) * r + (r - 1) / 2.0
         off = torch.zeros(B, device=device) if offset is None else offset.to(device, torch.float32)
         tau = off[:, None] + rel[None]  # absolute time-of-week steps
@@ -284,6 +294,10 @@ class MSTDiffDenoiser(nn.Module):
             if self.output_order == "time":
                 per_t = torch.cat([self._up(y, self.T) for y in ys_out], -1)  # (B, T, nb*W): scale outputs at each step's window
                 h = fine + self.fuse_y(per_t)
+                if len(self.step_blocks):
+                    h = h + self._positions(None, offset, B, device) + step
+                    for blk in self.step_blocks:
+                        _, h = blk(None, h)
             else:  # public code: bands concatenated along the sequence; position p is NOT time step p
                 h = torch.cat(ys_out, dim=1)
             logits = self.out_y(h) @ self.location_table().T / math.sqrt(h.shape[-1]) + self.out_bias
@@ -321,5 +335,5 @@ def build(cfg, data_info: dict) -> MSTDiffDenoiser:
         band_lengths=band_lengths, n_locations=max(n_loc, 1), width=m.width, heads=m.heads, layers_per_scale=m.layers_per_scale,
         use_traffic=m.use_traffic, use_trajectory=m.use_trajectory, vqvae=vq, freeze_vqvae=m.freeze_vqvae,
         loc_features=feats, output_order=m.output_order, steps_per_day=int(data_info.get("steps_per_day", 48)),
-        copy_gate=m.copy_gate,
+        copy_gate=m.copy_gate, step_layers=m.step_layers,
     )

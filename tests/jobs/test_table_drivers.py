@@ -96,7 +96,7 @@ def test_zoomdiff_stage_table_driver_reports_every_stage(tmp_path):
 
 def test_mstdiff_table_driver(tmp_path):
     out = tmp_path / "mst"
-    _run(["jobs/mstdiff_tables.py", "--out", str(out), "--steps", "2", "--variants", "full,sampled_last,no_x0_cap", "--no-geolife",
+    _run(["jobs/mstdiff_tables.py", "--out", str(out), "--steps", "2", "--variants", "full,sampled_last,no_x0_cap,temp05", "--no-geolife",
           "--set", "data.synth.users=40", "--set", "data.synth.height=24", "--set", "data.synth.width=24",
           "--set", "model.vq_pretrain_steps=2", "--set", "model.kg_epochs=1"], tmp_path)
     res = json.loads((out / "tables.json").read_text())["synthetic"]
@@ -107,7 +107,8 @@ def test_mstdiff_table_driver(tmp_path):
     assert {"markov", "epr"} <= set(res["trajectories"])
     # sampled_last changes sampling only: it reuses the full variant's trained model instead of training its own
     assert (out / "runs" / "full" / "export" / "model.pt").exists()
-    assert not (out / "runs" / "sampled_last").exists() and not (out / "runs" / "no_x0_cap").exists()
+    assert not any((out / "runs" / v).exists() for v in ("sampled_last", "no_x0_cap", "temp05"))
+    assert res["trajectories"]["temp05"] != res["trajectories"]["full"]  # the temperature reaches the sampler
     assert "no_x0_cap" in res["traffic"] and "Table I: traffic" in (out / "tables.md").read_text()
     # the check prints the run's users; its training users are the volumes as read (zeros stay zeros, not the
     # float32 round-off of inverted coefficients)
@@ -116,7 +117,7 @@ def test_mstdiff_table_driver(tmp_path):
     spec = importlib.util.spec_from_file_location("mstdiff_check", REPO / "jobs" / "mstdiff_check.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    rep = mod.main([str(out / "runs" / "full"), "--users", "6", "--probe"])
+    rep = mod.main([str(out / "runs" / "full"), "--users", "6", "--probe", "--temperature", "0.8"])
     prep = torch.load(out / "runs" / "full" / "mstdiff_data.pt", weights_only=True)
     train = prep["traffic_train"].numpy()
     assert (train == 0).mean() > 0.05

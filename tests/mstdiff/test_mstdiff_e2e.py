@@ -102,6 +102,12 @@ def test_sample_users_into_a_valid_store(trained, city, tmp_path):
     np.testing.assert_array_equal(a["traffic"].values, tr)
     b = sample_users(export, 5, seed=4, progress=False)
     assert not np.array_equal(a["trajectory"].values, b["trajectory"].values)
+    # the sampling temperature is an override at sampling time, recorded with the output
+    c = sample_users(export, 5, seed=3, progress=False, temperature=0.5)
+    assert "trajectory temperature=0.5" in c.attrs["provenance"] and "trajectory temperature=1," in a.attrs["provenance"]
+    assert not np.array_equal(c["trajectory"].values, ids)
+    with pytest.raises(ValueError, match="temperature"):
+        sample_users(export, 2, seed=1, progress=False, temperature=0.0)
 
 
 def test_generated_volumes_stay_within_the_training_maximum(trained):

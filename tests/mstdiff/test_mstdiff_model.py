@@ -115,6 +115,31 @@ def test_copy_gate_adds_a_bonus_to_the_current_location_only():
     assert gated.copy_head.bias.grad is not None and gated.copy_head.bias.grad.abs() > 0
 
 
+def test_step_layers_give_the_head_one_step_resolution():
+    """Without step blocks nothing attends at single-step resolution: swapping the two tokens of a finest-scale
+    window (T/2 tokens) only swaps their logits (the head sees the raw token plus the window's shared context).
+    With a step block the logits of a position depend on which neighbour sits next to it."""
+    torch.manual_seed(1)
+    l = torch.randint(0, 9, (2, T))
+    l[:, 10], l[:, 11] = 2, 5
+    sw = l.clone()
+    sw[:, 10], sw[:, 11] = 5, 2
+    t = torch.tensor([0, 4])
+    with torch.no_grad():
+        for layers in (0, 1):
+            m = _model(use_traffic=False, vqvae=None, step_layers=layers)
+            assert len(m.step_blocks) == layers
+            a, b = m(None, l, t)[1], m(None, sw, t)[1]
+            swapped_back = b[:, [11, 10]]
+            if layers == 0:
+                assert torch.allclose(a[:, 10:12], swapped_back, atol=1e-5)
+            else:
+                assert (a[:, 10:12] - swapped_back).abs().max() > 1e-3
+            assert a.shape == (2, T, 9)
+    with pytest.raises(ValueError, match="step_layers"):
+        _model(use_traffic=False, vqvae=None, output_order="band", step_layers=1)
+
+
 def test_band_output_order_ablation_differs():
     m = _model(output_order="band", use_traffic=False, vqvae=None)
     eps, logits = m(None, torch.randint(0, 9, (2, T)), torch.tensor([0, 1]))

@@ -4,11 +4,13 @@ row), eq. 13's three terms, the reference posterior switch, and Algorithm 2's sh
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from mobscale.diffusion.discrete import TransitionProcess, adjacency_from_neighbours
 from mobscale.diffusion.gaussian import GaussianSchedule
 from mobscale.diffusion.mstdiff_process import LossWeights, MSTDiffProcess, kl_categorical
+from mobscale.errors import ConfigError
 
 N, T, S = 6, 16, 5
 
@@ -175,3 +177,57 @@ def test_traffic_x0_constraint_caps_every_clean_estimate():
     w_cap, _ = p.sample(overshoot, 4, T, generator=torch.Generator().manual_seed(0), traffic_x0=cap)
     assert float(w_free.max()) > 10 and len(seen) == S and max(seen) > 2.0
     assert float(w_cap.max()) <= 2.0 + 1e-6 and float((w_cap > 1.9).float().mean()) > 0.9
+
+
+def test_trajectory_likelihood_is_d3pm_parameterisation():
+    """With ``trajectory_likelihood`` the model's p(l0 | l_t) is the network's p~ times q(l_t | l0) = Qbar_t[l0, l_t]
+    (checked against the full matrix), and eq. 6 then gives D3PM's reverse step
+    p(l_{t-1} | l_t) ∝ Q_t[l_{t-1}, l_t] sum_x p~(x) Qbar_{t-1}[x, l_{t-1}] (brute force on 6 states)."""
+    p, plain = _proc(trajectory_likelihood=True), _proc()
+    g = torch.Generator().manual_seed(5)
+    B = 3
+    lt = torch.randint(0, N, (B, T), generator=g)
+    t = torch.tensor([0, 2, S - 1])
+    logits = torch.randn(B, T, N, generator=g, dtype=torch.float64)
+    assert torch.equal(plain.x0_logits(logits, lt, t), logits)
+    out = p.x0_logits(logits, lt, t)
+    for b in range(B):
+        Qbar = p.trajectory.qbar_matrix(int(t[b]))
+        assert torch.allclose(out[b] - logits[b], torch.log(Qbar[:, lt[b]].T), atol=1e-10)
+    # uniform network output: p(l0 | l_t) is the exact Bayes posterior under a uniform prior, Qbar_t[:, l_t] normalised
+    post = torch.softmax(p.x0_logits(torch.zeros(B, T, N, dtype=torch.float64), lt, t), -1)
+    for b in range(B):
+        col = p.trajectory.qbar_matrix(int(t[b]))[:, lt[b]].T
+        assert torch.allclose(post[b], col / col.sum(-1, keepdim=True), atol=1e-10)
+    # the reverse step from p(l0 | l_t) is D3PM's form in p~
+    pt = torch.softmax(logits, -1)
+    rev = p.trajectory.reverse_probs(torch.softmax(out, -1), lt, t)
+    for b in range(B):
+        tb = int(t[b])
+        Q, Qprev = p.trajectory.q_matrix(tb), p.trajectory.qbar_matrix(tb - 1)
+        want = Q[:, lt[b]].T * (pt[b] @ Qprev)
+        assert torch.allclose(rev[b], want / want.sum(-1, keepdim=True), atol=1e-8)
+    # training uses the same logits: a network that outputs zeros is scored on Qbar_t[:, l_t]
+    _, logs = p.training_losses(lambda w, l, tt, o=None: (torch.zeros_like(w), torch.zeros(l.shape[0], T, N)), *_batch(), generator=torch.Generator().manual_seed(0))
+    _, logs0 = plain.training_losses(lambda w, l, tt, o=None: (torch.zeros_like(w), torch.zeros(l.shape[0], T, N)), *_batch(), generator=torch.Generator().manual_seed(0))
+    assert logs["ce"] < logs0["ce"] - 0.1  # the observed tokens carry information about l0; uniform logits ignore it
+
+
+def test_sampling_temperature_sharpens_p0_and_leaves_training_alone():
+    """p0 = 0.6 on location 2 and a sampled last step: temperature 1 keeps ~60% of positions at 2, temperature 0.25
+    raises p0 to 0.6^4 / (0.6^4 + 5 (0.08)^4) ~ 0.9994, so nearly all; the training loss does not depend on it."""
+    def unsure(w_t, traj, t, offset=None):
+        logits = torch.zeros(traj.shape[0], T, N)
+        logits[..., 2] = float(np.log(0.6 * (N - 1) / 0.4))
+        return torch.zeros(traj.shape[0], T), logits
+
+    _, l1 = _proc(last_step="sample").sample(unsure, 32, T, generator=torch.Generator().manual_seed(0))
+    _, lc = _proc(last_step="sample", temperature=0.25).sample(unsure, 32, T, generator=torch.Generator().manual_seed(0))
+    assert abs(float((l1 == 2).float().mean()) - 0.6) < 0.05
+    assert float((lc == 2).float().mean()) > 0.99
+    w0, l0 = _batch()
+    a = _proc().training_losses(Spy(), w0, l0, generator=torch.Generator().manual_seed(1))[0]
+    b = _proc(temperature=0.25).training_losses(Spy(), w0, l0, generator=torch.Generator().manual_seed(1))[0]
+    assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match="temperature"):
+        _proc(temperature=0.0)
