@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     csdi = (f" CSDI-style row: {st['csdi_config']}, {st['csdi_steps']} training steps, same held-out users."
             if st.get("csdi_steps") is not None else "")
     md = ["# MSTDiff tables on mobscale data", "",
-          f"Config {args.config}, {st['steps']} training steps per variant, seed {args.seed}, {args.oversample} generated "
+          f"Config {args.config}{' with --set ' + ', '.join(args.set) if args.set else ''}, {st['steps']} training steps per variant, seed {args.seed}, {args.oversample} generated "
           f"user(s) per held-out user on the synthetic city.{csdi} "
           "JSD = Jensen-Shannon divergence in nats on bins shared by real and generated data; lower is better.", "",
           markdown("Table I: traffic (synthetic city, held-out users)", res["synthetic"]["traffic"], USER_TRAFFIC_METRICS),

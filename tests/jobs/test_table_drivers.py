@@ -110,6 +110,7 @@ def test_mstdiff_table_driver(tmp_path):
     assert not any((out / "runs" / v).exists() for v in ("sampled_last", "no_x0_cap", "temp05"))
     assert res["trajectories"]["temp05"] != res["trajectories"]["full"]  # the temperature reaches the sampler
     assert "no_x0_cap" in res["traffic"] and "Table I: traffic" in (out / "tables.md").read_text()
+    assert "with --set data.synth.users=40, " in (out / "tables.md").read_text()  # the header names the overrides
     # the check prints the run's users; its training users are the volumes as read (zeros stay zeros, not the
     # float32 round-off of inverted coefficients)
     import torch
