@@ -143,4 +143,8 @@ def test_kill_midway_and_resume_by_rerunning(ddp_run, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert curve(run) == curve(ddp_run)
     a, b = load_export(ddp_run / "export").state_dict, load_export(run / "export").state_dict
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    # on a mismatch say where (which tensors, by how much) and what the rerun resumed from: a failure seen once
+    # under heavy load (CI beside other jobs) could not be reproduced, so the next one must explain itself
+    diff = {k: float((a[k].double() - b[k].double()).abs().max()) for k in a if not torch.equal(a[k], b[k])}
+    resumed = [ln for ln in (done.stdout + done.stderr).splitlines() if "resum" in ln]
+    assert not diff, f"killed at step {killed_at}; differing tensors (max abs diff): {diff}; rerun log: {resumed}

@@ -29,3 +29,11 @@ def test_mstdiff_3k_is_the_demo_with_three_options():
     assert (demo.model.step_layers, demo.diffusion.rate_start, demo.diffusion.trajectory_temperature) == (0, 0.01, 1.0)
     # everything else is the demo's (same city, users, network size)
     assert opt.data == demo.data and opt.model.width == demo.model.width and opt.model.users == demo.model.users
+
+
+def test_mstdiff_3k_w64_differs_from_mstdiff_3k_in_width_only():
+    base, wide = load(ROOT / "mstdiff-3k.yaml").model_dump(), load(ROOT / "mstdiff-3k-w64.yaml").model_dump()
+    assert (base["model"]["width"], wide["model"]["width"]) == (32, 64)
+    assert (base.pop("name"), wide.pop("name")) == ("mstdiff-3k", "mstdiff-3k-w64")
+    base["model"].pop("width"), wide["model"].pop("width")
+    assert wide == base
