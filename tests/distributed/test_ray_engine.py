@@ -147,4 +147,4 @@ def test_kill_midway_and_resume_by_rerunning(ddp_run, tmp_path):
     # under heavy load (CI beside other jobs) could not be reproduced, so the next one must explain itself
     diff = {k: float((a[k].double() - b[k].double()).abs().max()) for k in a if not torch.equal(a[k], b[k])}
     resumed = [ln for ln in (done.stdout + done.stderr).splitlines() if "resum" in ln]
-    assert not diff, f"killed at step {killed_at}; differing tensors (max abs diff): {diff}; rerun log: {resumed}
+    assert not diff, f"killed at step {killed_at}; differing tensors (max abs diff): {diff}; rerun log: {resumed}"
