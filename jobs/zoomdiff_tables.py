@@ -96,8 +96,12 @@ def sample(args, export: Path, context: Path, out: Path, **kw) -> dict:
     sps = own.steps_per_stage if args.steps_per_stage is None else args.steps_per_stage
     eta = own.eta if args.eta is None or not sps else args.eta  # eta applies to DDIM samplers only
     kw.setdefault("num_samples", args.samples)
+    # a table that needs one setting passes it (the stage tables score raw stages: False); else --[no-]reconcile;
+    # else refinement reconciles to the given coarse traffic; else the model's own config
+    if "reconcile" not in kw:
+        kw["reconcile"] = args.reconcile if args.reconcile is not None else True if kw.get("refine_level") else own.reconcile
     spec = SampleSpec(export=str(export), context=str(context), out=str(out), seed=0, steps_per_stage=sps,
-                      eta=eta, overlap=own.overlap, batch_size=16, **kw)
+                      eta=eta, overlap=own.overlap, blend=args.blend or own.blend, batch_size=16, **kw)
     return sample_city(spec, progress=False)
 
 
@@ -228,7 +232,9 @@ def protocol(args, store: Path) -> str:
             f"test split: {'the last days, all places (split_by=time)' if any('split_by=time' in x for x in args.set) else 'held-out southern band of patches, all hours (split_by=band)'}; "
             f"{args.steps} training steps per model; overrides {args.set or 'none'}{f', ZoomDiff only {args.zd_set}' if args.zd_set else ''}; "
             f"sampling: {args.samples} sample(s), seed 0, each model's configured sampler{'' if args.steps_per_stage is None else f' overridden to {args.steps_per_stage} DDIM steps per stage'}"
-            f"{'' if args.eta is None else f', DDIM eta overridden to {args.eta}'}. "
+            f"{'' if args.eta is None else f', DDIM eta overridden to {args.eta}'}"
+            f"{'' if args.blend is None else f', overlapping windows combined by {args.blend!r} (mobscale.sample.tiles)'}"
+            f"{'' if args.reconcile is None else f', reconcile={args.reconcile}'}. "
             f"MAE/RMSE/spRMSE in MB per unit per hour; PSNR with L = max of the real data of that level. "
             f"{'With several samples, MAE etc. are means over the samples; crps = fair CRPS of the samples as a forecast distribution (for a noise-free reference: its MAE); mae_of_mean = MAE of the sample mean. ' if args.samples > 1 else ''}"
             f"{'Oracle rows: the synthetic city generator itself drawn again (mobscale.config.data.SynthConfig.realisation). ' if args.oracle and args.data == 'synthetic' else ''}"
@@ -466,6 +472,10 @@ def main() -> None:
                     help="synthetic city: add the oracle rows (the city's own generator redrawn, --samples times)")
     ap.add_argument("--steps-per-stage", type=int, default=None, help="override every model's sampler steps (default: each config's)")
     ap.add_argument("--eta", type=float, default=None, help="override the DDIM eta of models that sample with DDIM (0 = deterministic)")
+    ap.add_argument("--blend", choices=["ramp", "core"], default=None,
+                    help="override how every model's overlapping windows combine (default: each config's sample.blend)")
+    ap.add_argument("--reconcile", action=argparse.BooleanOptionalAction, default=None,
+                    help="override every model's sample.reconcile (scale the finest output to the BS/cell stage outputs)")
     ap.add_argument("--out", default=str(REPO / "results"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides for every model (e.g. data.windows.patch=8)")
     ap.add_argument("--zd-set", action="append", default=[], metavar="KEY=VALUE",

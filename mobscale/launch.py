@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--local", action="store_true", help="force local execution (no SLURM)")
     sm.add_argument("--partition", default=None)
     sm.add_argument("--num-samples", type=int, default=None)
+    sm.add_argument("--blend", choices=["ramp", "core"], default=None,
+                    help="how overlapping patches combine (default: the model's sample.blend); see mobscale.sample.tiles")
     sm.add_argument("--users", type=int, default=None, help="mstdiff / csdi_users: users to generate (default: the context's user count)")
     sm.add_argument("--keep-stages", action="store_true", help="also write every stage's output (multi-scale sample)")
     sm.add_argument("--overwrite", action="store_true")

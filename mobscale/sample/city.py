@@ -5,8 +5,8 @@
    the model and config provenance) and a manifest of the run's parameters.
 2. **Shards.** The city is split into chunk-aligned shards (``tiles.TilePlan.shards``: samples x time
    windows x blocks of 128x128-pixel chunks). One submitit task per shard group (SLURM array, or local
-   processes) generates every window touching its shards, blends overlapping windows with ramp weights
-   (no seams), writes only its own regions of the ``stages`` group, and only then writes the shard's
+   processes) generates every window touching its shards, combines overlapping windows (``blend``: ramp
+   weights, no seams; or each pixel from the window with the nearest centre, see tiles.py), writes only its own regions of the ``stages`` group, and only then writes the shard's
    completion marker. A task killed mid-write leaves no marker; its shard is redone on the next run.
 3. **Reconciliation** (one pass, time chunk by time chunk, bounded memory): unit totals of every stage
    are computed over the whole city (units straddling tiles become consistent) and the stage outputs are
@@ -64,6 +64,7 @@ class SampleSpec:
     eta: float = 0.0
     reconcile: bool = True
     overlap: int = 4
+    blend: str = "ramp"  # "ramp" | "core" (mobscale.sample.tiles)
     batch_size: int = 16
     shards: int = 1
     keep_stages: bool = True
@@ -238,7 +239,9 @@ def generate_shard(spec: SampleSpec, lay: Layout, gen, shard: Shard, arr) -> np.
     Ts, Hs, Ws = shard.t.stop - shard.t.start, shard.y.stop - shard.y.start, shard.x.stop - shard.x.start
     acc = np.zeros((lay.K, Ts, Hs, Ws), dtype=np.float64)
     wsum = np.zeros((Ts, Hs, Ws), dtype=np.float64)
-    wgt = window_weight(lay.P, spec.overlap)
+    if spec.blend not in ("ramp", "core"):
+        raise ConfigError(f"sample blend must be 'ramp' or 'core', got '{spec.blend}'")
+    ramp_w = window_weight(lay.P, spec.overlap)
     collate = torch.utils.data.default_collate
     for b0 in range(0, len(wins), spec.batch_size):
         idx = list(range(b0, min(len(wins), b0 + spec.batch_size)))
@@ -257,6 +260,7 @@ def generate_shard(spec: SampleSpec, lay: Layout, gen, shard: Shard, arr) -> np.
             dst_t = slice(ty.start - shard.t.start, ty.stop - shard.t.start)
             dst_y = slice(yy.start - shard.y.start, yy.stop - shard.y.start)
             dst_x = slice(xx.start - shard.x.start, xx.stop - shard.x.start)
+            wgt = lay.plan.core_weight(w.y0, w.x0) if spec.blend == "core" else ramp_w
             wv = wgt[src[2], src[3]]
             acc[:, dst_t, dst_y, dst_x] += out[j][src] * wv
             wsum[dst_t, dst_y, dst_x] += wv

@@ -22,8 +22,10 @@ def _spec(args, export, refine_level=None):
         num_samples=(getattr(args, "num_samples", None) or cfg.num_samples),
         steps_per_stage=cfg.steps_per_stage if args.steps_per_stage is None else args.steps_per_stage,
         eta=cfg.eta,
-        reconcile=cfg.reconcile if getattr(args, "reconcile", None) is None else args.reconcile,
+        # refinement always scales the generated levels to the given coarse traffic, which is data, not a sample
+        reconcile=True if refine_level else cfg.reconcile if getattr(args, "reconcile", None) is None else args.reconcile,
         overlap=cfg.overlap,
+        blend=getattr(args, "blend", None) or cfg.blend,
         batch_size=cfg.batch_size,
         shards=max(1, getattr(args, "shards", 1) or 1),
         refine_level=refine_level,

@@ -1,9 +1,19 @@
-"""Tiling a city into overlapping patch windows and chunk-aligned shards, with seam-free blending.
+"""Tiling a city into overlapping patch windows and chunk-aligned shards, and combining the windows.
 
 A *window* is one model call: P x P pixels x L hours at (t0, y0, x0). Spatially, windows overlap by ``overlap``
-pixels; each window's output is weighted by a separable ramp that falls linearly to a small value across the
-overlap, and the city field is the weighted mean of all windows covering a pixel, so tile borders leave no
-seams. In time, windows tile the period without overlap (their starts are aligned to whole days, the coarsest
+pixels, combined in one of two ways (``blend``):
+
+* ``"ramp"``: each window's output is weighted by a separable ramp that falls linearly to a small value across
+  the overlap, and the city field is the weighted mean of all windows covering a pixel, so tile borders leave
+  no seams. But the windows are independent samples, and a weighted mean of independent samples has less
+  spread than each of them: where windows overlap, the generated field is smoother than a sample of the data.
+* ``"core"``: each pixel is taken from one window only, the one whose centre is nearest (its *core*; core
+  borders are the midpoints between neighbouring windows, rounded to even pixels so 100 m blocks are never
+  split). The overlap then only gives the kept pixels context on both sides (overlap-tile, as in U-Net
+  segmentation of large images); every pixel keeps a single sample's spread, at the price of seams where
+  neighbouring cores meet.
+
+In time, windows tile the period without overlap (their starts are aligned to whole days, the coarsest
 temporal stage).
 
 A *shard* is a chunk-aligned region of the output store (a block of Zarr chunks in y/x, a block of time
@@ -69,6 +79,20 @@ def window_weight(P: int, overlap: int) -> np.ndarray:
     return np.outer(r, r)
 
 
+def core_bounds(starts: list[int], size: int, n: int) -> list[tuple[int, int]]:
+    """Per window start on an axis of length n: the interval [lo, hi) of pixels for which it is the window with
+    the nearest centre. Cores partition [0, n); each lies inside its window; inner borders are the midpoints
+    between neighbouring centres moved to the nearest even pixel that both windows still cover (so 2x2 blocks
+    of the 100 m grid are never split when windows start on even pixels)."""
+    cuts = [0]
+    for a, b in zip(starts[:-1], starts[1:]):
+        mid = (a + b + size) / 2  # midpoint of the two centres a + size/2 and b + size/2
+        evens = [e for e in range(b, a + size + 1) if e % 2 == 0]  # cuts both windows cover on either side
+        cuts.append(min(evens, key=lambda e: (abs(e - mid), e)) if evens else int(mid))
+    cuts.append(n)
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
 @dataclass
 class TilePlan:
     """All windows of a city and the shards of its output."""
@@ -82,6 +106,14 @@ class TilePlan:
     ys: list[int]
     xs: list[int]
     ts: list[int]
+
+    def core_weight(self, y0: int, x0: int) -> np.ndarray:
+        """(P, P) 0/1 weight of the window at (y0, x0) for ``blend="core"``: 1 on the pixels whose nearest window
+        centre is this window's (see :func:`core_bounds`). Over all windows the weights cover every pixel once."""
+        w = np.zeros((self.P, self.P))
+        (ylo, yhi), (xlo, xhi) = (dict(zip(st, core_bounds(st, self.P, n)))[o] for st, n, o in ((self.ys, self.H, y0), (self.xs, self.W, x0)))
+        w[ylo - y0 : yhi - y0, xlo - x0 : xhi - x0] = 1.0
+        return w
 
     @classmethod
     def make(cls, H: int, W: int, T: int, P: int, L: int, overlap: int) -> "TilePlan":

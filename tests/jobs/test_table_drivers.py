@@ -75,6 +75,17 @@ def test_zoomdiff_table1_driver_scores_against_an_independent_computation(tmp_pa
     assert not np.allclose(real_o[0], region) and not np.allclose(real_o[0], real_o[1])
     assert rows[oracle]["grid50@1h"]["mae_of_mean"] == pytest.approx(np.abs((real_o[0] + real_o[1]) / 2 - region).mean(), rel=1e-5)
 
+    # the configs sample without top-down reconciliation, so the written levels are the sums of the finest stage:
+    # jobs/zoomdiff_bottom_up.py, which rebuilds exactly that from a store's stages group, scores the same
+    spec = importlib.util.spec_from_file_location("zoomdiff_bottom_up", REPO / "jobs" / "zoomdiff_bottom_up.py")
+    bu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bu)
+    gen = work / "gen" / "table1" / "ZoomDiff_s2.zarr"
+    again = _driver().score(store, bu.bottom_up(gen), (ys, xs, ts))
+    for lvl in ("bs@1h", "cell@1h", "grid100@1h", "grid50@1h"):
+        assert again[lvl]["crps"] == pytest.approx(rows["ZoomDiff"][lvl]["crps"], rel=1e-5)
+        assert again[lvl]["mae"] == pytest.approx(rows["ZoomDiff"][lvl]["mae"], rel=1e-5)
+
 
 def test_zoomdiff_stage_table_driver_reports_every_stage(tmp_path):
     """Table IV (the same code path as Table III): one row per RGP, every stage scored, consistency reported."""

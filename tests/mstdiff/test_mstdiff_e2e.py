@@ -140,6 +140,21 @@ def test_trajectory_only_store(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="mobscale"):
         export = train_local(cfg, tmp_path / "run")
     assert any("no KG triples" in r.message for r in caplog.records)
+    # the coordinate features are centred and scaled by one number (raw km swamp the learned embeddings on a
+    # country-wide dataset), which keeps the geographic neighbour ranking
+    from mobscale.model.kg_embed import knn_neighbours
+    from mobscale.train.mstdiff_task import bs_coords_km
+
+    ex = load_export(export)
+    feats = ex.state_dict["loc_features"].numpy().astype(np.float64)
+    assert np.abs(feats.mean(0)).max() < 1e-5 and abs(feats.std() - 1) < 1e-4
+    vocab = np.asarray(ex.normalisation["vocab"])
+    km = bs_coords_km(open_city(city))[vocab]
+    assert np.abs(km.mean(0)).min() > 0.5  # the raw km are not centred: the check above is not vacuous
+    np.testing.assert_allclose(feats, (km - km.mean(0)) / km.std(), rtol=1e-5, atol=1e-6)
+    m = cfg.model
+    np.testing.assert_array_equal(knn_neighbours(feats, km, m.kg_neighbours, m.kg_max_distance_km),
+                                  np.asarray(ex.normalisation["neighbours"]))
     ds = sample_users(export, 3, seed=0, progress=False)
     assert "traffic" not in ds and ds["trajectory"].shape == (3, 48)
 

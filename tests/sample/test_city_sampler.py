@@ -15,7 +15,7 @@ from mobscale.data.store import open_city
 from mobscale.data.validate import validate_store
 from mobscale.errors import MobscaleError, OutputExistsError
 from mobscale.sample.city import SampleSpec, _state_dir, sample_city
-from mobscale.sample.tiles import TilePlan, axis_starts, ramp
+from mobscale.sample.tiles import TilePlan, axis_starts, core_bounds, ramp
 
 
 def _spec(exp, ctx, out, **kw):
@@ -51,6 +51,23 @@ def test_tiling_covers_and_ramps():
         for s in shards:
             cover[s.sample, s.t, s.y, s.x] += 1
         assert (cover == 1).all()  # shards partition (samples x time x space) exactly
+
+
+@pytest.mark.parametrize("n,size,overlap", [(64, 16, 4), (30, 8, 2), (32, 8, 0), (34, 8, 3), (16, 16, 0), (40, 12, 6)])
+def test_core_bounds_partition_the_axis_inside_the_windows(n, size, overlap):
+    starts = axis_starts(n, size, overlap)
+    cores = core_bounds(starts, size, n)
+    assert len(cores) == len(starts) and cores[0][0] == 0 and cores[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(cores[:-1], cores[1:]))  # contiguous, no gap, no double cover
+    for s, (lo, hi) in zip(starts, cores):
+        assert s <= lo < hi <= s + size  # every kept pixel lies in its own window
+    if all(s % 2 == 0 for s in starts) and size % 2 == 0:
+        assert all(lo % 2 == 0 for lo, _ in cores)  # 100 m blocks are never split
+    # each pixel's core is (one of) the window(s) with the nearest centre, up to the 1 px shift to an even border
+    centres = np.array(starts) + size / 2
+    for i, (lo, hi) in enumerate(cores):
+        for p in range(lo, hi):
+            assert abs(p + 0.5 - centres[i]) <= np.abs(p + 0.5 - centres).min() + 1.0
 
 
 def test_overlap_not_smaller_than_patch_is_a_config_error():
@@ -157,6 +174,54 @@ def test_killed_task_resumes_to_the_same_store(reference, tiny_export, tmp_path,
     rep = sample_city(_spec(exp, ctx, out, shards=3), workers=2, progress=False)
     assert rep["status"] == "complete"
     _equal_stores(out, reference[0], exact=True)
+
+
+def test_core_blend_takes_every_pixel_from_one_window(reference, tiny_export, tmp_path):
+    """blend="core": the finest stage of the city is, pixel for pixel, the output of the single window whose core
+    holds the pixel, generated alone with its own seed (no averaging of independent samples, so no loss of
+    spread); every pixel is covered once; the result does not depend on the sharding; levels stay consistent."""
+    import torch
+
+    from mobscale.data.windows import ContextWindows
+    from mobscale.sample.city import load_for, make_layout, window_seed
+
+    exp, ctx = tiny_export
+    spec = _spec(exp, ctx, tmp_path / "core.zarr", shards=3, blend="core")
+    rep = sample_city(spec, progress=False)
+    validate_store(spec.out)
+    assert max(rep["root_consistency_max_rel_error"].values()) < 1e-5
+    gen = load_for(spec)
+    lay = make_layout(spec, gen)
+    assert len(lay.plan.ys) > 2 and len(lay.plan.xs) > 2  # windows really overlap in both directions
+    fine = open_city(spec.out, group="stages")[f"stage_{lay.K - 1}"].isel(sample=0).values
+    cover = np.zeros(fine.shape, int)
+    n_windows = np.zeros(fine.shape, int)
+    wins = lay.plan.windows_touching(slice(0, lay.T), slice(0, lay.H), slice(0, lay.W))
+    ds = ContextWindows(ctx, wins, lay.P, lay.L)
+    for i, w in enumerate(wins):
+        batch = torch.utils.data.default_collate([ds[i]])
+        g = [torch.Generator().manual_seed(window_seed(spec.seed, 0, w.t0, w.y0, w.x0))]
+        alone = gen.generate(batch, g, steps_per_stage=spec.steps_per_stage, eta=spec.eta).numpy()[0, -1]
+        core = lay.plan.core_weight(w.y0, w.x0) > 0
+        box = fine[w.t0 : w.t0 + lay.L, w.y0 : w.y0 + lay.P, w.x0 : w.x0 + lay.P]
+        np.testing.assert_allclose(box[:, core], alone[:, core], rtol=1e-4, atol=1e-6)
+        cover[w.t0 : w.t0 + lay.L, w.y0 : w.y0 + lay.P, w.x0 : w.x0 + lay.P] += core
+        n_windows[w.t0 : w.t0 + lay.L, w.y0 : w.y0 + lay.P, w.x0 : w.x0 + lay.P] += 1
+    assert (cover == 1).all()
+    # the ramp blend of the same windows (same seeds): identical where one window covers a pixel, a mean of
+    # several samples (so different) where windows overlap
+    ramp_fine = open_city(reference[0], group="stages")[f"stage_{lay.K - 1}"].isel(sample=0).values
+    np.testing.assert_allclose(ramp_fine[n_windows == 1], fine[n_windows == 1], rtol=1e-5, atol=1e-7)
+    assert not np.allclose(ramp_fine[n_windows > 1], fine[n_windows > 1], rtol=1e-3)
+    one = tmp_path / "core1.zarr"
+    sample_city(_spec(exp, ctx, one, shards=1, blend="core"), progress=False)
+    _equal_stores(one, spec.out, exact=False)
+
+
+def test_unknown_blend_is_refused(tiny_export, tmp_path):
+    exp, ctx = tiny_export
+    with pytest.raises(MobscaleError, match="blend must be 'ramp' or 'core'"):
+        sample_city(_spec(exp, ctx, tmp_path / "x.zarr", blend="median"), progress=False)
 
 
 def test_several_samples(tiny_export, tmp_path):
