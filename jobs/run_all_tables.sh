@@ -4,9 +4,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-# every table below was sampled before 'core' tiles without top-down reconciliation became the sampling default
-# (2026-12-06, results/README.md "Combining windows"): ramp blending and top-down reconciliation reproduce them
-T="python jobs/zoomdiff_tables.py --blend ramp --reconcile"
+# every table below was sampled before 'core' tiles reconciled to the BS stage only became the sampling default
+# (2026-12-06, results/README.md "Combining windows and levels"): ramp blending and top-down reconciliation to the
+# BS and cell stage outputs reproduce them
+T="python jobs/zoomdiff_tables.py --blend ramp --reconcile --reconcile-levels bs,cell"
 # the tables made before the profile prior became the demo default (2026-12-06) and the daily harmonics (2026-11-25)
 P="--zd-set diffusion.profile_prior=none --zd-set model.tpe_periodic=0"
 $T table1 --steps 1000 $P
@@ -38,7 +39,7 @@ for f in mix add; do
   $T table1 --steps 1000 $U --models ZoomDiff --samples 4 --tag _uomo_nj_profile_hist_$f --zd-set diffusion.profile_prior=historical --zd-set diffusion.fusion=$f
 done
 $T table1 --steps 10000 $U --models ZoomDiff --samples 4 --tag _uomo_nj_10k --zd-set diffusion.profile_prior=none
-# 3000 training steps (results/zoomdiff_table1_profile_3k.md), then the new sampling defaults on that model
+# 3000 training steps (results/zoomdiff_table1_profile_3k.md), then other samplings of that model
 $T table1 --steps 3000 --models ZoomDiff --samples 4 --tag _profile_3k --zd-set diffusion.profile_prior=context_profile
 [ -e runs/tables/table1_profile_3k_core ] || ln -s table1_profile_3k runs/tables/table1_profile_3k_core
 python jobs/zoomdiff_tables.py table1 --steps 3000 --models ZoomDiff --samples 4 --tag _profile_3k_core --zd-set diffusion.profile_prior=context_profile --blend core --no-reconcile

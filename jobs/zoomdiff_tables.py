@@ -100,6 +100,7 @@ def sample(args, export: Path, context: Path, out: Path, **kw) -> dict:
     # else refinement reconciles to the given coarse traffic; else the model's own config
     if "reconcile" not in kw:
         kw["reconcile"] = args.reconcile if args.reconcile is not None else True if kw.get("refine_level") else own.reconcile
+    kw.setdefault("reconcile_levels", tuple(args.reconcile_levels.split(",")) if args.reconcile_levels else tuple(own.reconcile_levels))
     spec = SampleSpec(export=str(export), context=str(context), out=str(out), seed=0, steps_per_stage=sps,
                       eta=eta, overlap=own.overlap, blend=args.blend or own.blend, batch_size=16, **kw)
     return sample_city(spec, progress=False)
@@ -234,7 +235,8 @@ def protocol(args, store: Path) -> str:
             f"sampling: {args.samples} sample(s), seed 0, each model's configured sampler{'' if args.steps_per_stage is None else f' overridden to {args.steps_per_stage} DDIM steps per stage'}"
             f"{'' if args.eta is None else f', DDIM eta overridden to {args.eta}'}"
             f"{'' if args.blend is None else f', overlapping windows combined by {args.blend!r} (mobscale.sample.tiles)'}"
-            f"{'' if args.reconcile is None else f', reconcile={args.reconcile}'}. "
+            f"{'' if args.reconcile is None else f', reconcile={args.reconcile}'}"
+            f"{'' if args.reconcile_levels is None else f', reconciled to the {args.reconcile_levels} stage outputs'}. "
             f"MAE/RMSE/spRMSE in MB per unit per hour; PSNR with L = max of the real data of that level. "
             f"{'With several samples, MAE etc. are means over the samples; crps = fair CRPS of the samples as a forecast distribution (for a noise-free reference: its MAE); mae_of_mean = MAE of the sample mean. ' if args.samples > 1 else ''}"
             f"{'Oracle rows: the synthetic city generator itself drawn again (mobscale.config.data.SynthConfig.realisation). ' if args.oracle and args.data == 'synthetic' else ''}"
@@ -475,7 +477,9 @@ def main() -> None:
     ap.add_argument("--blend", choices=["ramp", "core"], default=None,
                     help="override how every model's overlapping windows combine (default: each config's sample.blend)")
     ap.add_argument("--reconcile", action=argparse.BooleanOptionalAction, default=None,
-                    help="override every model's sample.reconcile (scale the finest output to the BS/cell stage outputs)")
+                    help="override every model's sample.reconcile (scale the finest output to its own stage outputs)")
+    ap.add_argument("--reconcile-levels", default=None, metavar="bs[,cell]",
+                    help="override every model's sample.reconcile_levels (which stage outputs reconciliation scales to)")
     ap.add_argument("--out", default=str(REPO / "results"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides for every model (e.g. data.windows.patch=8)")
     ap.add_argument("--zd-set", action="append", default=[], metavar="KEY=VALUE",

@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--seed", type=int, default=None)
     sm.add_argument("--reconcile", dest="reconcile", action="store_true", default=None)
     sm.add_argument("--no-reconcile", dest="reconcile", action="store_false")
+    sm.add_argument("--reconcile-levels", default=None, metavar="bs[,cell]",
+                    help="stage outputs the 50 m output is reconciled to (default: the model's sample.reconcile_levels)")
     sm.add_argument("--steps-per-stage", type=int, default=None, help="fast DDIM-style sampler")
     sm.add_argument("--shards", type=int, default=1)
     sm.add_argument("--workers", type=int, default=None, help="local worker processes")
@@ -124,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True)
     r.add_argument("--seed", type=int, default=None)
     r.add_argument("--steps-per-stage", type=int, default=None)
+    r.add_argument("--reconcile-levels", default=None, metavar="bs[,cell]",
+                   help="model stage outputs reconciled to besides the given level (default: the model's sample.reconcile_levels)")
     r.add_argument("--overwrite", action="store_true")
     r.set_defaults(handler="mobscale.sample.cli:refine")
 

@@ -131,6 +131,11 @@ class MSTDiffModelConfig(Section):
     vq_batch_size: int = Field(64, ge=1)
     kg_neighbours: int = Field(5, ge=1, description="top-K nearest KG-embedding neighbours (k in B=(A+A^T)/2K)")
     kg_max_distance_km: float | None = Field(3.0, description="distance threshold for neighbours; None = no threshold")
+    coord_features: Literal["scaled", "multiscale"] = Field(
+        "scaled", description="stores without KG triples (GeoLife): the fixed per-location features are the BS "
+        "coordinates, 'scaled' = centred and divided by their std (one scale: over a country-wide span the places of "
+        "one city look alike), 'multiscale' = also sin/cos of the coordinates at wavelengths 0.5 km to 512 km (nearby "
+        "places are told apart and far ones still differ). The neighbour graph is geographic either way")
     kg_dim: int = Field(32, ge=2, description="TuckER embedding dimension")
     kg_relation_dim: int = Field(8, ge=1, description="TuckER relation dimension")
     kg_epochs: int = Field(50, ge=1)

@@ -11,8 +11,8 @@
 3. **Reconciliation** (one pass, time chunk by time chunk, bounded memory): unit totals of every stage
    are computed over the whole city (units straddling tiles become consistent) and the stage outputs are
    re-projected onto whole units; the finest output becomes ``traffic_grid50`` -- with ``reconcile`` it is
-   first scaled top-down so that it sums exactly to the BS-level and cell-level stage outputs (when the
-   model has such stages) -- and the coarser root levels are its exact sums. The consistency error of the
+   first scaled top-down so that it sums exactly to the stage outputs of ``reconcile_levels`` (BS by default;
+   cells too on request; when the model has such stages) -- and the coarser root levels are its exact sums. The consistency error of the
    stage outputs against the sums of their children is reported before and after (``reconcile.json``).
 4. **Rename** to OUT and validate. Re-running the same command resumes an interrupted run (finished shards
    are skipped) and is a no-op on a finished one.
@@ -49,6 +49,7 @@ MARKERS = "_shards"
 LOGS = "_logs"
 REPORT = "reconcile.json"
 CHUNK_XY = 128
+RECONCILE_LEVELS = ("bs", "cell")  # levels the finest output can be reconciled to, coarse -> fine
 
 
 @dataclass
@@ -63,6 +64,7 @@ class SampleSpec:
     steps_per_stage: int | None = None
     eta: float = 0.0
     reconcile: bool = True
+    reconcile_levels: tuple[str, ...] = ("bs",)  # anchors of `reconcile`, from RECONCILE_LEVELS
     overlap: int = 4
     blend: str = "ramp"  # "ramp" | "core" (mobscale.sample.tiles)
     batch_size: int = 16
@@ -175,7 +177,7 @@ def _template(spec: SampleSpec, lay: Layout, gen) -> tuple[xr.Dataset, xr.Datase
         "provenance": store_attrs_json(prov),
         "config": store_attrs_json({"sample": asdict(spec), "model_config_yaml": exp.config_yaml}),
         "levels_present": store_attrs_json(list(schema.SPATIAL_LEVELS)),
-        "levels_built_by": store_attrs_json({"grid50": "finest stage output" + (" reconciled top-down" if spec.reconcile else "")
+        "levels_built_by": store_attrs_json({"grid50": "finest stage output" + (f" reconciled top-down to the {'/'.join(anchor_levels(spec, lay.stages)) or 'no'} stage output" if spec.reconcile else "")
                                              + ("; 0 where the context's observed mask is 0" if "observed" in ctx else ""),
                                              "grid100": "2x2 sum of grid50", "cell": "sum of grid50 pixels", "bs": "sum of cells"}),
         "sample_run_hash": spec.run_hash(),
@@ -365,6 +367,39 @@ def _nest_targets(child: np.ndarray, child_parent: np.ndarray, n_parent: int, b_
     return child * s + f
 
 
+HOURS = {"1d": 24, "4h": 4, "2h": 2, "1h": 1}
+
+
+def anchor_levels(spec: SampleSpec, stages: list[tuple[str, str]]) -> list[str]:
+    """Levels whose stage outputs the finest output is scaled to (coarse -> fine): ``spec.reconcile_levels``, plus
+    the level refined from (its stage output is the given coarse traffic), each only if the model has a stage there
+    before the last one."""
+    last_at = {lvl: k for k, (lvl, _) in enumerate(stages)}
+    want = set(spec.reconcile_levels) | ({spec.refine_level} if spec.refine_level else set())
+    return [lvl for lvl in RECONCILE_LEVELS if lvl in want and lvl in last_at and last_at[lvl] < len(stages) - 1]
+
+
+def reconcile_field(F: np.ndarray, totals: list[np.ndarray], stages: list[tuple[str, str]], umaps: dict, cell_bs: np.ndarray,
+                    levels: list[str], observed: np.ndarray | None = None) -> np.ndarray:
+    """Top-down reconciliation of the finest output F (t, H, W) to the stage outputs at ``levels``.
+
+    totals[k]: stage k's per-hour unit totals (t, n_units of its level); umaps: level -> (unit_map, n_units).
+    Each anchor level's target is its last stage's totals over that stage's time blocks; a cell target is first
+    rescaled to sum to the BS target above it, so the anchors are nested and all are met exactly.
+    """
+    last_at = {lvl: k for k, (lvl, _) in enumerate(stages)}
+    anchors, prev = [], None
+    for lvl in levels:
+        k = last_at[lvl]
+        b = HOURS[stages[k][1]]
+        target = _block_sums(totals[k], b)
+        if prev is not None:  # cells nested in BS: make the cell targets sum to the BS targets
+            target = _nest_targets(target, cell_bs, umaps["bs"][1], b, prev[0], prev[1])
+        anchors.append((umaps[lvl][0], b, target))
+        prev = (target, b)
+    return _top_down(F, anchors, observed) if anchors else F
+
+
 def finalize(spec: SampleSpec, lay: Layout, progress: bool = True) -> dict:
     """Reconcile and write the root levels, time chunk by time chunk; returns the consistency report."""
     from tqdm.auto import tqdm
@@ -380,11 +415,7 @@ def finalize(spec: SampleSpec, lay: Layout, progress: bool = True) -> dict:
     observed = np.asarray(root["observed"].values) > 0 if "observed" in root else None
     umaps = {lvl: pyramid.unit_map(root, lvl) for lvl in schema.SPATIAL_LEVELS}
     unit_pixels = {lvl: _unit_pixels(um, n, observed) for lvl, (um, n) in umaps.items()}
-    hours = {"1d": 24, "4h": 4, "2h": 2, "1h": 1}
-    last_at = {}
-    for k, (lvl, res) in enumerate(lay.stages):
-        last_at[lvl] = k
-    anchors_lv = [l for l in ("bs", "cell") if l in last_at and last_at[l] < lay.K - 1]
+    anchors_lv = anchor_levels(spec, lay.stages)
     raw_err = {k: [0.0, 0.0] for k in range(lay.K - 1)}
     fin_err = {k: [0.0, 0.0] for k in range(lay.K - 1)}
     S = spec.num_samples
@@ -408,22 +439,12 @@ def finalize(spec: SampleSpec, lay: Layout, progress: bool = True) -> dict:
             for k in range(lay.K - 1):
                 lvl, res = lay.stages[k]
                 um, n = umaps[lvl]
-                want = _block_sums(totals[k], hours[res])
-                got = _block_sums(pyramid.units_sum(F, um, n), hours[res])
+                want = _block_sums(totals[k], HOURS[res])
+                got = _block_sums(pyramid.units_sum(F, um, n), HOURS[res])
                 raw_err[k][0] += float(np.abs(want - got).sum())
                 raw_err[k][1] += float(np.abs(got).sum())
             if spec.reconcile and anchors_lv:
-                anchors = []
-                prev = None
-                for lvl in anchors_lv:
-                    k = last_at[lvl]
-                    b = hours[lay.stages[k][1]]
-                    target = _block_sums(totals[k], b)
-                    if prev is not None:  # cells nested in BS: make the cell targets sum to the BS targets
-                        target = _nest_targets(target, cb, B, b, prev[0], prev[1])
-                    anchors.append((umaps[lvl][0], b, target))
-                    prev = (target, b)
-                F = _top_down(F, anchors, observed)
+                F = reconcile_field(F, totals, lay.stages, umaps, cb, anchors_lv, observed)
             F32 = F.astype(np.float32)
             cell = pyramid.units_sum(F32, pc, C)
             levels = {
@@ -435,8 +456,8 @@ def finalize(spec: SampleSpec, lay: Layout, progress: bool = True) -> dict:
             for k in range(lay.K - 1):
                 lvl, res = lay.stages[k]
                 um, n = umaps[lvl]
-                want = _block_sums(totals[k], hours[res])
-                got = _block_sums(pyramid.units_sum(F32.astype(np.float64), um, n), hours[res])
+                want = _block_sums(totals[k], HOURS[res])
+                got = _block_sums(pyramid.units_sum(F32.astype(np.float64), um, n), HOURS[res])
                 fin_err[k][0] += float(np.abs(want - got).sum())
                 fin_err[k][1] += float(np.abs(got).sum())
             lead = ("sample",) if S > 1 else ()
@@ -528,6 +549,9 @@ def sample_city(spec: SampleSpec, *, workers: int | None = None, nodes: int | No
     """Generate (or refine) a whole city into ``spec.out``; resumable. Returns a summary dict."""
     from mobscale.sample.generators import load_generator
 
+    bad = [lvl for lvl in spec.reconcile_levels if lvl not in RECONCILE_LEVELS]
+    if bad:
+        raise ConfigError(f"reconcile levels {bad} unknown: the finest output can be reconciled to {list(RECONCILE_LEVELS)}")
     out = Path(spec.out)
     tmp = _tmp_path(out)
     state = _state_dir(out)

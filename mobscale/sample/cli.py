@@ -10,6 +10,19 @@ from mobscale.model.export import load_export
 log = get_logger(__name__)
 
 
+def _levels(flag: str | None, default: list[str]) -> tuple[str, ...]:
+    from mobscale.errors import ConfigError
+    from mobscale.sample.city import RECONCILE_LEVELS
+
+    if flag is None:
+        return tuple(default)
+    levels = tuple(x.strip() for x in flag.split(",") if x.strip())
+    bad = [x for x in levels if x not in RECONCILE_LEVELS]
+    if bad or not levels:
+        raise ConfigError(f"--reconcile-levels {flag!r}: give a comma-separated subset of {','.join(RECONCILE_LEVELS)}")
+    return levels
+
+
 def _spec(args, export, refine_level=None):
     from mobscale.sample.city import SampleSpec
 
@@ -24,6 +37,7 @@ def _spec(args, export, refine_level=None):
         eta=cfg.eta,
         # refinement always scales the generated levels to the given coarse traffic, which is data, not a sample
         reconcile=True if refine_level else cfg.reconcile if getattr(args, "reconcile", None) is None else args.reconcile,
+        reconcile_levels=_levels(getattr(args, "reconcile_levels", None), cfg.reconcile_levels),
         overlap=cfg.overlap,
         blend=getattr(args, "blend", None) or cfg.blend,
         batch_size=cfg.batch_size,

@@ -63,6 +63,15 @@ CSDI_USERS_DATA_FILE = "csdi_users_data.pt"
 # ----------------------------------------------------------------------------------------------- data
 
 
+def coord_fourier(xy_km: np.ndarray, shortest_km: float = 0.5, longest_km: float = 512.0) -> np.ndarray:
+    """(N, 4 * S) sin/cos of planar coordinates (km) at S wavelengths doubling from ``shortest_km`` to ``longest_km``:
+    fixed location features that separate places 0.5 km apart and still order places hundreds of km apart (a
+    NeRF-style positional encoding; one linear scale cannot do both over a country-wide span)."""
+    waves = shortest_km * 2.0 ** np.arange(int(round(np.log2(longest_km / shortest_km))) + 1)
+    ang = 2 * np.pi * (xy_km - np.median(xy_km, axis=0))[:, :, None] / waves  # (N, 2, S)
+    return np.concatenate([np.sin(ang), np.cos(ang)], axis=1).reshape(len(xy_km), -1)
+
+
 def bs_coords_km(root) -> np.ndarray:
     """(B, 2) planar BS coordinates (y, x) in km from the root ``bs_y``/``bs_x`` (metres), else from
     ``bs_lat``/``bs_lon`` by the local equirectangular projection."""
@@ -322,6 +331,7 @@ class MSTDiffTask:
                     dim=m.kg_dim, relation_dim=m.kg_relation_dim, epochs=m.kg_epochs, lr=m.kg_lr, seed=self.cfg.seed,
                 )
                 feats, found = bs_embeddings(ent, emb, vocab)
+                graph_feats = feats
                 if not found.all():
                     log.warning("KG: %d of %d locations have no 'bs:<id>' entity; they get the mean embedding", int((~found).sum()), vocab.size)
                 meta["kg"] = {"triples": int(users.sizes["triple"]), "loss": [kg_losses[0], kg_losses[-1]] if kg_losses else None, "missing": int((~found).sum())}
@@ -333,8 +343,11 @@ class MSTDiffTask:
                 # step and its loss stayed near log N. Centred and divided by one scale, so distances keep their ranking.
                 xy = coords[vocab]
                 feats = ((xy - xy.mean(0)) / max(float(xy.std()), 1e-9)).astype(np.float32)
+                graph_feats = feats  # the neighbour ranking stays geographic
+                if m.coord_features == "multiscale":
+                    feats = np.concatenate([feats, coord_fourier(xy)], axis=1).astype(np.float32)
                 meta["kg"] = None
-            nbr = knn_neighbours(feats, coords[vocab], m.kg_neighbours, m.kg_max_distance_km)
+            nbr = knn_neighbours(graph_feats, coords[vocab], m.kg_neighbours, m.kg_max_distance_km)
             proc = MSTDiffProcess.from_config(self.cfg.diffusion, m, neighbours=nbr)
             meta["trajectory_process"] = {**proc.trajectory.report(), "n_components": proc.trajectory.n_components, "rate_scale": proc.trajectory.rate_scale}
             # test trajectories: raw BS ids for metrics; vocabulary ids (unseen -> geographically nearest) for losses

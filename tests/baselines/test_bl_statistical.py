@@ -274,3 +274,23 @@ def test_mobscale_sample_writes_the_historical_profile(tiny_city, tmp_path_facto
     got = xr.open_zarr(out, consolidated=False)["traffic_grid50"].values
     want = task.normaliser.inverse(m.profile[torch.arange(got.shape[0]) % 24]).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_mobscale_sample_reconcile_levels_flag(tiny_city, tmp_path_factory, tmp_path, capsys):
+    """--reconcile-levels picks the stage outputs the 50 m output is scaled to; an unknown level is refused with the
+    choices, before anything is written."""
+    import json
+
+    from mobscale.launch import main
+    from mobscale.sample.generators import load_generator
+
+    cfg, task, m, run = fitted(tiny_city, tmp_path_factory, {"kind": "historical", "noise": "none"})
+    exp = _export(cfg, task, m, run)
+    out = tmp_path / "hist.zarr"
+    assert main(["sample", "--checkpoint", str(exp), "--context", str(tiny_city), "--out", str(out), "--reconcile-levels", "grid100"]) == 2
+    assert "--reconcile-levels 'grid100': give a comma-separated subset of bs,cell" in capsys.readouterr().err
+    assert not out.exists()
+    have = [lvl for lvl, _ in load_generator(str(exp)).stages[:-1]]
+    assert "bs" in have and "cell" in have
+    assert main(["sample", "--checkpoint", str(exp), "--context", str(tiny_city), "--out", str(out), "--reconcile-levels", "bs,cell"]) == 0
+    assert json.loads((tmp_path / "hist.zarr.sampling" / "reconcile.json").read_text())["anchors"] == ["bs", "cell"]

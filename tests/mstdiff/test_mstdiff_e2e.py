@@ -158,6 +158,22 @@ def test_trajectory_only_store(tmp_path, caplog):
     ds = sample_users(export, 3, seed=0, progress=False)
     assert "traffic" not in ds and ds["trajectory"].shape == (3, 48)
 
+    # multiscale coordinate features: the scaled coordinates plus sin/cos at 11 wavelengths (0.5 km ... 512 km);
+    # the neighbour graph is the same geographic one
+    cfg2 = load_dict(tiny_cfg(city, **{"model.use_traffic": False, "model.coord_features": "multiscale"}))
+    export2 = train_local(cfg2, tmp_path / "run_ms")
+    ex2 = load_export(export2)
+    f2 = ex2.state_dict["loc_features"].numpy().astype(np.float64)
+    assert f2.shape == (len(vocab), 2 + 4 * 11)
+    np.testing.assert_allclose(f2[:, :2], feats, rtol=1e-5, atol=1e-6)
+    four = f2[:, 2:].reshape(len(vocab), 2, 2, 11)  # (place, sin|cos, y|x, wavelength)
+    np.testing.assert_allclose(four[:, 0] ** 2 + four[:, 1] ** 2, 1.0, rtol=1e-5)
+    d = km[:, None, :] - km[None, :, :]  # the phase difference of two places at wavelength w is 2 pi d / w
+    c = four[:, 1, :, 0][:, None] * four[:, 1, :, 0][None] + four[:, 0, :, 0][:, None] * four[:, 0, :, 0][None]
+    np.testing.assert_allclose(c, np.cos(2 * np.pi * d / 0.5), atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(ex2.normalisation["neighbours"]), np.asarray(ex.normalisation["neighbours"]))
+    assert sample_users(export2, 2, seed=0, progress=False)["trajectory"].shape == (2, 48)
+
 
 def test_write_users_group_replaces_atomically(trained, tmp_path):
     from mobscale.errors import OutputExistsError

@@ -244,6 +244,17 @@ def test_refine_from_bs_matches_the_coarse_input(tiny_export, tmp_path):
     np.testing.assert_allclose(gen, real[: gen.shape[0]], rtol=1e-4)
 
 
+def test_refine_reconciles_to_the_given_level_whatever_the_levels(tiny_export, tmp_path):
+    """The refined level is data: it is an anchor even when reconcile_levels does not name it."""
+    exp, ctx = tiny_export
+    out = tmp_path / "refined_cell.zarr"
+    rep = sample_city(_spec(exp, ctx, out, refine_level="cell", reconcile_levels=()), progress=False)
+    assert rep["anchors"] == ["cell"]
+    real = pyramid.level(open_city(ctx), "cell", "1h").values
+    gen = pyramid.level(open_city(out), "cell", "1h").values
+    np.testing.assert_allclose(gen, real[: gen.shape[0]], rtol=1e-4, atol=1e-6 * float(real.max()))
+
+
 def test_no_reconcile_keeps_bottom_up_levels(reference, tiny_export, tmp_path):
     exp, ctx = tiny_export
     out = tmp_path / "noreco.zarr"
@@ -252,3 +263,41 @@ def test_no_reconcile_keeps_bottom_up_levels(reference, tiny_export, tmp_path):
     st = open_city(reference[0], group="stages")["stage_2"].isel(sample=0).values
     np.testing.assert_allclose(open_city(out).traffic_grid50.values, st, rtol=1e-6)
     assert rep["anchors"] == []
+
+
+def test_reconcile_levels_choose_the_anchors(reference, tiny_export, tmp_path):
+    """The default reconciles to the BS stage only; asking for cells too matches the cell stage as well; the stage
+    outputs themselves do not depend on it, and the BS totals are the BS stage's either way."""
+    ref, rep = reference
+    exp, ctx = tiny_export
+    assert rep["anchors"] == ["bs"]
+    by = {s["level"]: s for s in rep["stages"]}
+    assert by["bs"]["rel_l1_stage_vs_final"] < 1e-5 and by["cell"]["rel_l1_stage_vs_final"] > 1e-4
+    out = tmp_path / "bs_cell.zarr"
+    rep2 = sample_city(_spec(exp, ctx, out, shards=3, reconcile_levels=("bs", "cell")), progress=False)
+    validate_store(out)
+    assert rep2["anchors"] == ["bs", "cell"]
+    by2 = {s["level"]: s for s in rep2["stages"]}
+    assert by2["bs"]["rel_l1_stage_vs_final"] < 1e-5
+    A, B = open_city(ref).load(), open_city(out).load()
+    # a cell anchor is the cell stage's totals rescaled to sum to the BS anchor: the written cell traffic is the
+    # cell stage's totals times one factor per (BS, 4 h block of the BS stage); without it, not
+    stage_cell = open_city(out, group="stages")["stage_1"].isel(sample=0).values
+    cell_tot = pyramid.units_sum(stage_cell.astype(np.float64), np.asarray(A.pixel_cell.values), A.sizes["cell"])
+    cb = np.asarray(A.cell_bs.values)
+
+    def factor_spread(written):  # largest relative spread of written / stage total within a (BS, 4 h block)
+        ratio = (written / np.where(cell_tot > 0, cell_tot, np.nan)).reshape(-1, 4, len(cb))  # cells the stage left empty: no factor
+        spread = [1 - np.nanmin(r) / np.nanmax(r) for t in range(ratio.shape[0]) for b in range(A.sizes["bs"])
+                  if np.nanmax(r := ratio[t][:, cb == b], initial=0) > 0]
+        return float(np.max(spread))
+
+    assert factor_spread(B.traffic_cell.values.astype(np.float64)) < 1e-4
+    assert factor_spread(A.traffic_cell.values.astype(np.float64)) > 1e-2
+    np.testing.assert_allclose(pyramid.level(A, "bs", "4h").values, pyramid.level(B, "bs", "4h").values, rtol=1e-5)
+    assert not np.allclose(A.traffic_cell.values, B.traffic_cell.values, rtol=1e-3)
+    SA, SB = open_city(ref, group="stages").load(), open_city(out, group="stages").load()
+    for v in SA.data_vars:
+        np.testing.assert_array_equal(SA[v].values, SB[v].values)
+    with pytest.raises(MobscaleError, match=r"reconcile levels \['grid100'\] unknown"):
+        sample_city(_spec(exp, ctx, tmp_path / "bad.zarr", reconcile_levels=("grid100",)), progress=False)
