@@ -17,7 +17,8 @@ Switches that reproduce the public code's choices (for ablations; the defaults a
 Options of ours, not in the paper, off by default (measured in results/README.md, "What brings the transits back"):
 ``model.copy_gate``, ``model.step_layers``, ``diffusion.trajectory_likelihood`` (D3PM's parameterisation of
 p(l0 | l_t)) and ``diffusion.trajectory_temperature`` (sampling only). ``configs/mstdiff-3k.yaml`` sets the ones that
-help at 3000 training steps.
+help at 3000 training steps. ``model.coord_features`` (stores without KG triples only) is on by default: multiscale
+sin/cos coordinate features instead of one linear scale (results/README.md, "MSTDiff on GeoLife").
 
 Ablations of the paper: ``model.use_trajectory=False`` (traffic only, "w/o Traj"), ``model.use_traffic=False``
 (trajectory only).
@@ -132,10 +133,12 @@ class MSTDiffModelConfig(Section):
     kg_neighbours: int = Field(5, ge=1, description="top-K nearest KG-embedding neighbours (k in B=(A+A^T)/2K)")
     kg_max_distance_km: float | None = Field(3.0, description="distance threshold for neighbours; None = no threshold")
     coord_features: Literal["scaled", "multiscale"] = Field(
-        "scaled", description="stores without KG triples (GeoLife): the fixed per-location features are the BS "
+        "multiscale", description="stores without KG triples (GeoLife): the fixed per-location features are the BS "
         "coordinates, 'scaled' = centred and divided by their std (one scale: over a country-wide span the places of "
         "one city look alike), 'multiscale' = also sin/cos of the coordinates at wavelengths 0.5 km to 512 km (nearby "
-        "places are told apart and far ones still differ). The neighbour graph is geographic either way")
+        "places are told apart and far ones still differ; on GeoLife at width 64 the median generated move went from "
+        "10.3 km to 3.1 km, held out 1.7 km, results/README.md 'MSTDiff on GeoLife'). The neighbour graph is "
+        "geographic either way; stores with KG triples use their TuckER embeddings instead")
     kg_dim: int = Field(32, ge=2, description="TuckER embedding dimension")
     kg_relation_dim: int = Field(8, ge=1, description="TuckER relation dimension")
     kg_epochs: int = Field(50, ge=1)

@@ -136,7 +136,7 @@ def test_trajectory_only_store(tmp_path, caplog):
     city = tiny_city(tmp_path / "traj.zarr", traffic=False, kg=False)
     with pytest.raises(ConfigError, match="use_traffic"):
         MSTDiffTask(load_dict(tiny_cfg(city))).prepare(tmp_path / "bad")
-    cfg = load_dict(tiny_cfg(city, **{"model.use_traffic": False}))
+    cfg = load_dict(tiny_cfg(city, **{"model.use_traffic": False, "model.coord_features": "scaled"}))
     with caplog.at_level(logging.WARNING, logger="mobscale"):
         export = train_local(cfg, tmp_path / "run")
     assert any("no KG triples" in r.message for r in caplog.records)
@@ -158,9 +158,10 @@ def test_trajectory_only_store(tmp_path, caplog):
     ds = sample_users(export, 3, seed=0, progress=False)
     assert "traffic" not in ds and ds["trajectory"].shape == (3, 48)
 
-    # multiscale coordinate features: the scaled coordinates plus sin/cos at 11 wavelengths (0.5 km ... 512 km);
-    # the neighbour graph is the same geographic one
-    cfg2 = load_dict(tiny_cfg(city, **{"model.use_traffic": False, "model.coord_features": "multiscale"}))
+    # multiscale coordinate features (the default): the scaled coordinates plus sin/cos at 11 wavelengths
+    # (0.5 km ... 512 km); the neighbour graph is the same geographic one
+    cfg2 = load_dict(tiny_cfg(city, **{"model.use_traffic": False}))
+    assert cfg2.model.coord_features == "multiscale"
     export2 = train_local(cfg2, tmp_path / "run_ms")
     ex2 = load_export(export2)
     f2 = ex2.state_dict["loc_features"].numpy().astype(np.float64)
