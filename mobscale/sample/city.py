@@ -38,6 +38,7 @@ import xarray as xr
 
 from mobscale.data import pyramid, schema
 from mobscale.data.store import is_store, open_city, store_attrs_json, write_region, write_template
+from mobscale.data.windows import HOURS
 from mobscale.errors import ConfigError, MobscaleError, OutputExistsError, StoreError
 from mobscale.log import get_logger
 from mobscale.sample.tiles import Shard, TilePlan, shard_groups, window_weight
@@ -365,9 +366,6 @@ def _nest_targets(child: np.ndarray, child_parent: np.ndarray, n_parent: int, b_
     s = np.repeat(scale, r, axis=0)[:, child_parent]
     f = np.repeat(fill, r, axis=0)[:, child_parent]
     return child * s + f
-
-
-HOURS = {"1d": 24, "4h": 4, "2h": 2, "1h": 1}
 
 
 def anchor_levels(spec: SampleSpec, stages: list[tuple[str, str]]) -> list[str]:
