@@ -62,7 +62,7 @@ def step_sample(export: str, context: str, out: str) -> str:
 
     s = load_export(export).config.sample
     rep = sample_city(SampleSpec(export=export, context=context, out=out, seed=s.seed, steps_per_stage=s.steps_per_stage,
-                                 overlap=s.overlap, blend=s.blend, batch_size=s.batch_size, reconcile=s.reconcile,
+                                 eta=s.eta, nest_stages=s.nest_stages, overlap=s.overlap, blend=s.blend, batch_size=s.batch_size, reconcile=s.reconcile,
                                  reconcile_levels=tuple(s.reconcile_levels)), progress=False)
     return rep["out"]
 

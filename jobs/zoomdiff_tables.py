@@ -101,6 +101,7 @@ def sample(args, export: Path, context: Path, out: Path, **kw) -> dict:
     if "reconcile" not in kw:
         kw["reconcile"] = args.reconcile if args.reconcile is not None else True if kw.get("refine_level") else own.reconcile
     kw.setdefault("reconcile_levels", tuple(args.reconcile_levels.split(",")) if args.reconcile_levels else tuple(own.reconcile_levels))
+    kw.setdefault("nest_stages", own.nest_stages if args.nest_stages is None else args.nest_stages)
     spec = SampleSpec(export=str(export), context=str(context), out=str(out), seed=0, steps_per_stage=sps,
                       eta=eta, overlap=own.overlap, blend=args.blend or own.blend, batch_size=16, **kw)
     return sample_city(spec, progress=False)
@@ -236,7 +237,8 @@ def protocol(args, store: Path) -> str:
             f"{'' if args.eta is None else f', DDIM eta overridden to {args.eta}'}"
             f"{'' if args.blend is None else f', overlapping windows combined by {args.blend!r} (mobscale.sample.tiles)'}"
             f"{'' if args.reconcile is None else f', reconcile={args.reconcile}'}"
-            f"{'' if args.reconcile_levels is None else f', reconciled to the {args.reconcile_levels} stage outputs'}. "
+            f"{'' if args.reconcile_levels is None else f', reconciled to the {args.reconcile_levels} stage outputs'}"
+            f"{'' if args.nest_stages is None else f', nest_stages={args.nest_stages}'}. "
             f"MAE/RMSE/spRMSE in MB per unit per hour; PSNR with L = max of the real data of that level. "
             f"{'With several samples, MAE etc. are means over the samples; crps = fair CRPS of the samples as a forecast distribution (for a noise-free reference: its MAE); mae_of_mean = MAE of the sample mean. ' if args.samples > 1 else ''}"
             f"{'Oracle rows: the synthetic city generator itself drawn again (mobscale.config.data.SynthConfig.realisation). ' if args.oracle and args.data == 'synthetic' else ''}"
@@ -480,6 +482,8 @@ def main() -> None:
                     help="override every model's sample.reconcile (scale the finest output to its own stage outputs)")
     ap.add_argument("--reconcile-levels", default=None, metavar="bs[,cell]",
                     help="override every model's sample.reconcile_levels (which stage outputs reconciliation scales to)")
+    ap.add_argument("--nest-stages", action=argparse.BooleanOptionalAction, default=None,
+                    help="override every model's sample.nest_stages (ZoomDiff: each stage scaled to the previous one's totals in the sampler)")
     ap.add_argument("--out", default=str(REPO / "results"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides for every model (e.g. data.windows.patch=8)")
     ap.add_argument("--zd-set", action="append", default=[], metavar="KEY=VALUE",

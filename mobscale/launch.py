@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--reconcile-levels", default=None, metavar="bs[,cell]",
                     help="stage outputs the 50 m output is reconciled to (default: the model's sample.reconcile_levels)")
     sm.add_argument("--steps-per-stage", type=int, default=None, help="fast DDIM-style sampler")
+    sm.add_argument("--nest-stages", action=argparse.BooleanOptionalAction, default=None,
+                    help="scale each stage output to the previous stage's unit totals inside the sampler (default: the model's sample.nest_stages)")
     sm.add_argument("--shards", type=int, default=1)
     sm.add_argument("--workers", type=int, default=None, help="local worker processes")
     sm.add_argument("--nodes", type=int, default=None, help="run shard tasks as a SLURM array")
@@ -126,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True)
     r.add_argument("--seed", type=int, default=None)
     r.add_argument("--steps-per-stage", type=int, default=None)
+    r.add_argument("--nest-stages", action=argparse.BooleanOptionalAction, default=None,
+                   help="scale each generated stage to the previous stage's unit totals (default: the model's sample.nest_stages)")
     r.add_argument("--reconcile-levels", default=None, metavar="bs[,cell]",
                    help="model stage outputs reconciled to besides the given level (default: the model's sample.reconcile_levels)")
     r.add_argument("--overwrite", action="store_true")

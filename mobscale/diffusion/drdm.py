@@ -467,6 +467,29 @@ class DRDM:
         out = ops.project(lin, u, s.block)
         return normaliser.forward(out) if normaliser is not None else out
 
+    def nest(self, x: torch.Tensor, parent: torch.Tensor, k: int, units: torch.Tensor, normaliser: Transform | None = None) -> torch.Tensor:
+        """Scale stage k's output x (B, L, P, P) so that its means over stage k-1's units and time blocks equal
+        ``parent`` (stage k-1's output, piecewise constant at that level), in linear space when ``normaliser`` is
+        given. Where x sums to zero (or below) over a parent unit, the unit gets the parent's value flat. The
+        result is projected back onto stage k's level, so it stays piecewise constant there; the parent's means
+        are then kept exactly wherever stage k's units nest in stage k-1's (time blocks always do; cells in base
+        stations and 50 m pixels in anything do; a 100 m square may straddle two cells).
+
+        Why: the total drifts along the trajectory (each stage is a separate denoising from a noisy start, and
+        its log-space spread turns into more or less mass through expm1), so without this the stage outputs are
+        not sums of one another; with it every stage keeps the totals of the first one generated (or of the
+        given coarse traffic when refining) and its own pattern within each parent unit, and the next stage's
+        prior carries those totals."""
+        if k < 1:
+            raise ValueError("nest: stage 0 has no parent stage")
+        lin = normaliser.inverse(x) if normaliser is not None else x
+        plin = normaliser.inverse(parent) if normaliser is not None else parent
+        agg = self.project(lin, k - 1, units)  # no normaliser: a plain mean of the linear values
+        ok = agg > 0
+        out = torch.where(ok, lin * (plin / torch.where(ok, agg, torch.ones_like(agg))), plin)
+        out = self.project(out, k, units)
+        return normaliser.forward(out) if normaliser is not None else out
+
     @torch.no_grad()
     def sample(
         self,
@@ -485,6 +508,7 @@ class DRDM:
         prior_fn: Callable[[int, torch.Tensor | None], torch.Tensor] | None = None,
         device: torch.device | str | None = None,
         progress: bool = False,
+        nest: bool = False,
     ) -> SampleResult:
         """Run the reverse process and return every stage's endpoint.
 
@@ -500,12 +524,16 @@ class DRDM:
         stages use theirs (prior noise, prior input, start). None: the paper (stage k's prior is endpoint k-1).
         device: where the noise is drawn (default: that of ``coarse``, else ``units``, else CPU); the
         generator must live there too. ``generator`` may be a list of B generators (one noise stream per
-        sample), which makes each sample independent of its batch companions.
+        sample), which makes each sample independent of its batch companions. nest: scale every stage's
+        output to the previous one's unit totals (:meth:`nest`; needs projection) before it becomes the next
+        stage's prior, so all stages share the first stage's (or the given coarse traffic's) totals.
         """
         cfg, plan = self.cfg, self.plan
         project = cfg.project_stages if project is None else project
         if project and units is None:
             raise ValueError("sample: projection onto the stage levels needs units (B, 4, P, P)")
+        if nest and not project:
+            raise ValueError("sample: nest needs the stage outputs projected onto their levels (project=True)")
         if (start_stage is None) != (coarse is None):
             raise ValueError("sample: refinement needs both start_stage and coarse")
         if device is not None:
@@ -584,6 +612,8 @@ class DRDM:
             # 3. the stage's output: projected onto its level, checked, and the next stage's prior
             if project:
                 endpoint = self.project(endpoint, k, units.to(dev), normaliser)
+            if nest and k - 1 in endpoints:
+                endpoint = self.nest(endpoint, endpoints[k - 1], k, units.to(dev), normaliser)
             if not bool(torch.isfinite(endpoint).all()):
                 bad = int((~torch.isfinite(endpoint)).flatten(1).any(1).nonzero()[0, 0])
                 s = plan.stages[k]

@@ -60,7 +60,7 @@ class DiffusionBaselineGenerator:
 
     @torch.no_grad()
     def generate(self, batch: dict, generators: list[torch.Generator], steps_per_stage: int | None = None,
-                 eta: float = 0.0, refine: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
+                 eta: float = 0.0, refine: tuple[int, torch.Tensor] | None = None, nest: bool = False) -> torch.Tensor:
         """(B, K, L, P, P) linear densities; see the module docstring."""
         cond = to_device(batch, self.device)
         B = cond["hour"].shape[0]
@@ -120,7 +120,7 @@ class StatisticalGenerator:
 
     @torch.no_grad()
     def generate(self, batch: dict, generators: list[torch.Generator], steps_per_stage: int | None = None,
-                 eta: float = 0.0, refine: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
+                 eta: float = 0.0, refine: tuple[int, torch.Tensor] | None = None, nest: bool = False) -> torch.Tensor:
         """(B, 4, L, P, P) linear densities. ``steps_per_stage`` and ``eta`` do not apply (no sampler chain)."""
         from mobscale.model.statistical import stage_stack
 

@@ -64,6 +64,7 @@ class SampleSpec:
     num_samples: int = 1
     steps_per_stage: int | None = None
     eta: float = 0.0
+    nest_stages: bool = False  # DRDM.sample(nest=...): each stage scaled to the previous one's unit totals
     reconcile: bool = True
     reconcile_levels: tuple[str, ...] = ("bs",)  # anchors of `reconcile`, from RECONCILE_LEVELS
     overlap: int = 4
@@ -253,7 +254,7 @@ def generate_shard(spec: SampleSpec, lay: Layout, gen, shard: Shard, arr) -> np.
         refine = None
         if coarse is not None:
             refine = (_refine_stage(gen, spec.refine_level), batch.pop("coarse"))
-        out = gen.generate(batch, gens, steps_per_stage=spec.steps_per_stage, eta=spec.eta, refine=refine).numpy()
+        out = gen.generate(batch, gens, steps_per_stage=spec.steps_per_stage, eta=spec.eta, refine=refine, nest=spec.nest_stages).numpy()
         for j, i in enumerate(idx):
             w = wins[i]
             ty = slice(max(w.t0, shard.t.start), min(w.t0 + lay.L, shard.t.stop))

@@ -35,6 +35,7 @@ def _spec(args, export, refine_level=None):
         num_samples=(getattr(args, "num_samples", None) or cfg.num_samples),
         steps_per_stage=cfg.steps_per_stage if args.steps_per_stage is None else args.steps_per_stage,
         eta=cfg.eta,
+        nest_stages=cfg.nest_stages if getattr(args, "nest_stages", None) is None else args.nest_stages,
         # refinement always scales the generated levels to the given coarse traffic, which is data, not a sample
         reconcile=True if refine_level else cfg.reconcile if getattr(args, "reconcile", None) is None else args.reconcile,
         reconcile_levels=_levels(getattr(args, "reconcile_levels", None), cfg.reconcile_levels),

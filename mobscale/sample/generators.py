@@ -44,7 +44,7 @@ class WindowGenerator(Protocol):
     export: Export
 
     def generate(self, batch: dict, generators: list[torch.Generator], steps_per_stage: int | None = None,
-                 eta: float = 0.0, refine: tuple[int, torch.Tensor] | None = None) -> torch.Tensor: ...
+                 eta: float = 0.0, refine: tuple[int, torch.Tensor] | None = None, nest: bool = False) -> torch.Tensor: ...
 
 
 def load_generator(path: str | Path, device: str = "cpu") -> WindowGenerator:
@@ -88,13 +88,13 @@ class ZoomDiffGenerator:
         return lambda k, prev: self.process.profile_prior(k, prev, lin, cond["units"], self.norm)
 
     @torch.no_grad()
-    def generate(self, batch, generators, steps_per_stage=None, eta=0.0, refine=None):
+    def generate(self, batch, generators, steps_per_stage=None, eta=0.0, refine=None, nest=False):
         dev = self.device
         cond = to_device(batch, dev)
         units = cond["units"]
         B = units.shape[0]
         shape = (B, self.hours, self.patch, self.patch)
-        kw = dict(generator=generators, units=units, normaliser=self.norm, steps_per_stage=steps_per_stage, eta=eta, device=dev)
+        kw = dict(generator=generators, units=units, normaliser=self.norm, steps_per_stage=steps_per_stage, eta=eta, device=dev, nest=nest)
         if refine is not None:
             k, coarse = refine
             res = self.process.sample(self.model, cond, shape, start_stage=k, coarse=self.norm.forward(coarse.to(dev)),

@@ -294,3 +294,8 @@ def test_mobscale_sample_reconcile_levels_flag(tiny_city, tmp_path_factory, tmp_
     assert "bs" in have and "cell" in have
     assert main(["sample", "--checkpoint", str(exp), "--context", str(tiny_city), "--out", str(out), "--reconcile-levels", "bs,cell"]) == 0
     assert json.loads((tmp_path / "hist.zarr.sampling" / "reconcile.json").read_text())["anchors"] == ["bs", "cell"]
+    # --nest-stages reaches the run's spec (and so its hash: a nested run never resumes a plain one)
+    spec = lambda name: json.loads((tmp_path / f"{name}.zarr.sampling" / "_mobscale_sample.json").read_text())["spec"]  # noqa: E731
+    assert spec("hist")["nest_stages"] is False
+    assert main(["sample", "--checkpoint", str(exp), "--context", str(tiny_city), "--out", str(tmp_path / "nest.zarr"), "--nest-stages"]) == 0
+    assert spec("nest")["nest_stages"] is True

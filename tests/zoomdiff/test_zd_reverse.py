@@ -219,3 +219,57 @@ def test_profile_priors_in_training_inputs_and_prior_terms():
     assert float(eps_prior0[:2].abs().max()) == 0.0
     with pytest.raises(ValueError, match="priors must be"):
         d.training_inputs(x, n, eps, priors=priors[:, :2])
+
+
+def _lin_totals(d: DRDM, x: torch.Tensor, block: int) -> torch.Tensor:
+    """Linear traffic summed over the patch per time block of ``block`` hours: (B, L // block)."""
+    lin = NORM.inverse(x)
+    B, L = lin.shape[:2]
+    return lin.sum((2, 3)).view(B, L // block, block).sum(2)
+
+
+@pytest.mark.parametrize("noise,adding,denoising", [("SN", "SA", "SD"), ("CN", "CA", "CD")])
+def test_nested_stages_share_the_first_stage_totals_and_stay_piecewise_constant(noise, adding, denoising):
+    """nest=True: every stage's output sums (in linear traffic, over the patch and stage 0's time blocks) to stage
+    0's; the last stage (50 m pixels nest in anything) has exactly the previous stage's unit means; outputs stay
+    piecewise constant at their own level. Without it the same network's stages drift (the check can fail)."""
+    d = DRDM(DRDMConfig(**SMALL, noise=noise, adding=adding, denoising=denoising, fusion="mix"))
+    batch = make_batch(d, seed=4)
+    noisy_net = lambda x, n, s, c, e: 0.3 * x + 0.1 * torch.sin(3 * x) + 0.05 * s.view(-1, 1, 1, 1)  # noqa: E731
+    plain = run(d, batch, noisy_net, seed=3)
+    nested = run(d, batch, noisy_net, seed=3, nest=True)
+    b0 = d.plan.stages[0].block
+    ref = _lin_totals(d, nested.endpoints[0], b0)
+    torch.testing.assert_close(nested.endpoints[0], plain.endpoints[0])  # stage 0 has no parent
+    for k in range(1, d.K):
+        torch.testing.assert_close(_lin_totals(d, nested.endpoints[k], b0), ref, rtol=1e-4, atol=1e-4)
+    drift = max(float(((_lin_totals(d, plain.endpoints[k], b0) - ref).abs() / ref).max()) for k in range(1, d.K))
+    assert drift > 1e-2
+    last = d.K - 1
+    torch.testing.assert_close(d.project(nested.endpoints[last], last - 1, batch["units"], NORM), nested.endpoints[last - 1], rtol=1e-4, atol=1e-4)
+    for s in d.plan.stages:
+        assert segment_spread(nested.endpoints[s.index], batch["units"][:, s.level_index], s.block) < 1e-5
+
+
+def test_nesting_leaves_a_perfect_model_alone_and_follows_given_coarse_traffic():
+    """Where the levels nest (here BS > cell > 50 m), true data is consistent, so nesting does not move an oracle's
+    stages; refining with nest=True keeps the given coarse traffic's totals in every finer stage (here a coarse input
+    scaled by 2, which the oracle follows only through the prior)."""
+    d = DRDM(DRDMConfig(spatial=["bs", "cell", "grid50"], temporal=["4h", "1h"], steps=18, fusion="mix"))
+    batch = make_batch(d, seed=5)
+    res = run(d, batch, Oracle(d, batch["x"]), nest=True)
+    for k in range(d.K):
+        torch.testing.assert_close(res.endpoints[k], batch["x"][:, k], atol=5e-4, rtol=0)
+    coarse = NORM.forward(2 * NORM.inverse(batch["x"][:, 0]))
+    b0 = d.plan.stages[0].block
+    for nest in (False, True):
+        out = d.refine(Oracle(d, batch["x"]), batch, coarse, 0, generator=torch.Generator().manual_seed(1), units=batch["units"], normaliser=NORM, nest=nest)
+        ratio = _lin_totals(d, out.final, b0) / _lin_totals(d, coarse, b0)
+        if nest:
+            torch.testing.assert_close(ratio, torch.full_like(ratio, 1.0), rtol=1e-4, atol=0)
+        else:
+            assert float((ratio - 1).abs().min()) > 0.2  # near the oracle's own (true) totals, half the given ones
+    with pytest.raises(ValueError, match="nest needs the stage outputs projected"):
+        run(d, batch, Oracle(d, batch["x"]), nest=True, project=False)
+    with pytest.raises(ValueError, match="stage 0 has no parent"):
+        d.nest(batch["x"][:, 0], batch["x"][:, 0], 0, batch["units"], NORM)
