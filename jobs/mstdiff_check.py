@@ -35,6 +35,7 @@ from mobscale.train.mstdiff_task import CSDI_USERS_DATA_FILE, DATA_FILE  # noqa:
 from mstdiff_tables import _latlon, _train_volumes  # noqa: E402
 
 QUANTILES = (0.5, 0.9, 0.99, 0.999, 0.9999)
+FAR_KM = 50.0  # a move or a slot this far from the day's median position leaves the city
 
 
 def summary(m: np.ndarray) -> dict:
@@ -44,16 +45,22 @@ def summary(m: np.ndarray) -> dict:
             "mean": round(float(m.mean()), 3), "top10_share": round(float(flat[-10:].sum() / max(flat.sum(), 1e-12)), 4)}
 
 
-def mobility_summary(traj: np.ndarray, latlon: np.ndarray) -> dict:
-    """traj (users, T) base-station ids, latlon (B, 2) degrees -> moves, distinct places, move km, stays."""
+def mobility_summary(traj: np.ndarray, latlon: np.ndarray, far_km: float = FAR_KM) -> dict:
+    """traj (users, T) base-station ids, latlon (B, 2) degrees -> moves, distinct places, move km, stays, and the
+    jumps between cities: ``far_moves`` = share of moves longer than ``far_km``, ``away_days`` = share of users
+    with a slot farther than ``far_km`` from their own median position (results/README.md, "where the jumps
+    between cities come from")."""
     moved = traj[:, 1:] != traj[:, :-1]
     lat, lon = latlon[traj, 0], latlon[traj, 1]
     km = haversine_km(lat[:, :-1], lon[:, :-1], lat[:, 1:], lon[:, 1:])[moved]
     q = np.quantile(km, (0.1, 0.5, 0.9)) if km.size else np.full(3, np.nan)
     stays = run_lengths(traj)
+    home = haversine_km(lat, lon, np.median(lat, 1, keepdims=True), np.median(lon, 1, keepdims=True))
     return {"users": int(traj.shape[0]), "moves": round(float(moved.sum(1).mean()), 2), "distinct": round(float(distinct_locations(traj).mean()), 2),
             "km_q10": round(float(q[0]), 3), "km_q50": round(float(q[1]), 3), "km_q90": round(float(q[2]), 3),
-            "stay_mean": round(float(stays.mean()), 2), "one_slot_stays": round(float(np.mean(stays == 1)), 3)}
+            "stay_mean": round(float(stays.mean()), 2), "one_slot_stays": round(float(np.mean(stays == 1)), 3),
+            "far_moves": round(float(np.mean(km > far_km)), 3) if km.size else 0.0,
+            "away_days": round(float(np.mean((home > far_km).any(1))), 3)}
 
 
 def one_slot_stays(traj: np.ndarray) -> np.ndarray:

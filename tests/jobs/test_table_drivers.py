@@ -152,6 +152,10 @@ def test_mstdiff_table_driver(tmp_path):
     s = mod.mobility_summary(np.array([[0, 0, 1, 1, 1, 2]]), latlon)
     assert (s["moves"], s["distinct"], s["stay_mean"], s["one_slot_stays"]) == (2.0, 3.0, 2.0, 0.333)
     assert s["km_q10"] == s["km_q50"] == s["km_q90"] == pytest.approx(1.112, abs=1e-3)
+    assert (s["far_moves"], s["away_days"]) == (0.0, 0.0)
+    # a day with one slot in another city (1 degree of latitude = 111 km away): 2 of its 3 moves are far
+    far = mod.mobility_summary(np.array([[0, 0, 3, 0, 1, 1], [0, 0, 0, 0, 0, 0]]), np.vstack([latlon, [[1.0, 0.0]]]))
+    assert (far["far_moves"], far["away_days"]) == (0.667, 0.5)
     assert mod.one_slot_stays(np.array([[0, 0, 1, 1, 1, 2], [0, 1, 0, 2, 2, 2]])).tolist() == [
         [False, False, False, False, False, True], [True, True, True, False, False, False]]
     probe = rep["denoising probe (step: accuracy of argmax p(l0 | l_s))"]
