@@ -18,8 +18,8 @@ class SampleConfig(Section):
     batch_size: int = Field(16, ge=1)
     nest_stages: bool = Field(
         False, description="ZoomDiff: scale each stage's output to the previous stage's unit totals inside the sampler, "
-        "before it becomes the next stage's prior, so every stage keeps the first stage's totals (DRDM.nest). Off: the "
-        "stages then agree, but the CRPS at cells / 100 m / 50 m was 2-7% worse on both models measured (results/README.md, "
+        "before it becomes the next stage's prior, so every stage keeps the first stage's totals (DRDM.nest). Off by default: "
+        "the stages then agree, but the CRPS at cells / 100 m / 50 m was 2-7% worse on both models measured (results/README.md, "
         "'Nesting the stages inside the sampler'). Other generators have no stages to nest and ignore it")
     reconcile: bool = Field(
         True, description="scale the finest output top-down so that its totals equal the model's own stage outputs at "

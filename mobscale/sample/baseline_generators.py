@@ -121,7 +121,7 @@ class StatisticalGenerator:
     @torch.no_grad()
     def generate(self, batch: dict, generators: list[torch.Generator], steps_per_stage: int | None = None,
                  eta: float = 0.0, refine: tuple[int, torch.Tensor] | None = None, nest: bool = False) -> torch.Tensor:
-        """(B, 4, L, P, P) linear densities. ``steps_per_stage`` and ``eta`` do not apply (no sampler chain)."""
+        """(B, 4, L, P, P) linear densities. ``steps_per_stage``, ``eta`` and ``nest`` do not apply (no sampler chain)."""
         from mobscale.model.statistical import stage_stack
 
         batch = to_device(batch, self.device)

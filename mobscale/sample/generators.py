@@ -5,13 +5,14 @@ Every traffic model family exposes the same surface to the city-scale sampler:
     gen = load_generator(EXPORT)           # weights + config + normalisation, nothing else needed
     gen.stages                             # [(level, resolution), ...] coarse -> fine; the last is the finest
     gen.patch, gen.hours                   # window size P (pixels) and L (hours)
-    gen.generate(batch, generators, steps_per_stage=None, eta=0.0, refine=None) -> (B, K, L, P, P)
+    gen.generate(batch, generators, steps_per_stage=None, eta=0.0, refine=None, nest=False) -> (B, K, L, P, P)
 
 ``batch`` is a collated ``ContextWindows`` batch (context, units, hour, origin); ``generators`` holds one
 ``torch.Generator`` per window, so a window's output depends only on its own seed. The output holds, per
 stage, the per-pixel, per-hour density in linear traffic units (MB per pixel per hour), piecewise constant at
 the stage's level. ``refine=(k, coarse)`` starts from the given linear density of stage k (B, L, P, P) and
-generates the finer stages; the coarser stages are returned as projections of the given coarse traffic.
+generates the finer stages; the coarser stages are returned as projections of the given coarse traffic. ``nest``
+(ZoomDiff only) scales each stage to the previous one's unit totals inside the sampler (``DRDM.nest``).
 
 Model families register their generator class in ``GENERATORS`` (import path, loaded lazily).
 """
