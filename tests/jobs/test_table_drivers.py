@@ -112,6 +112,34 @@ def test_zoomdiff_stage_table_driver_reports_every_stage(tmp_path):
     assert "| Fine Gr. |" in (out / "zoomdiff_table4.md").read_text()
 
 
+def test_table3_samples_one_trained_model_per_noise_and_adding(tmp_path):
+    """CD/SD acts only in the sampler: Table III trains three models for its five rows, and a row that shares a
+    model samples the same weights with its own denoising (else the rows would not compare what they say)."""
+    import torch
+
+    from mobscale.model.export import load_export
+
+    out, work = tmp_path / "results", tmp_path / "work"
+    _run(["jobs/zoomdiff_tables.py", "table3", *TINY, "--out", str(out), "--work", str(work)], tmp_path)
+    rows = json.loads((out / "zoomdiff_table3.json").read_text())
+    assert list(rows) == ["CN, CA, CD", "CN, CA, SD", "CN, SA, SD", "SN, SA, CD", "SN, SA, SD"]
+    runs = work / "table3" / "runs"
+    assert sorted(p.parent.name for p in runs.glob("*/wall.json")) == ["CN_CA_CD", "CN_SA_SD", "SN_SA_CD"]  # trained
+    for trained, derived, want in (("CN_CA_CD", "CN_CA_SD", "SD"), ("SN_SA_CD", "SN_SA_SD", "SD")):
+        a, b = load_export(runs / trained / "export"), load_export(runs / derived / "export")
+        assert a.config.diffusion.denoising == "CD" and b.config.diffusion.denoising == want
+        assert a.config.model_dump(exclude={"diffusion"}) == b.config.model_dump(exclude={"diffusion"})
+        assert a.config.diffusion.model_dump(exclude={"denoising"}) == b.config.diffusion.model_dump(exclude={"denoising"})
+        assert a.state_dict.keys() == b.state_dict.keys() and all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+        # same weights, other sampler: the stage-0 outputs agree (stage 0 starts alike), the later ones do not
+        r_a, r_b = rows[trained.replace("_", ", ")], rows[derived.replace("_", ", ")]
+        assert r_a["stage0 (1d, bs)"]["mae"] == pytest.approx(r_b["stage0 (1d, bs)"]["mae"], rel=1e-6)
+        assert r_a["stage3 (1h, grid50)"]["mae"] != pytest.approx(r_b["stage3 (1h, grid50)"]["mae"], rel=1e-6)
+    # a setting that changes training cannot be swapped in after it
+    with pytest.raises(ValueError, match="change training"):
+        _driver().sampled_as(runs / "CN_CA_CD" / "export", tmp_path / "bad", {"noise": "SN"})
+
+
 def test_mstdiff_table_driver(tmp_path):
     out = tmp_path / "mst"
     _run(["jobs/mstdiff_tables.py", "--out", str(out), "--steps", "2", "--variants", "full,sampled_last,no_x0_cap,temp05", "--no-geolife",
