@@ -202,6 +202,17 @@ def stage_dataset(gen: Path, real: Path, k: int) -> tuple[xr.Dataset, str, str]:
     return ds, lvl, res
 
 
+def total_ratio(real: Path, synth: xr.Dataset, lvl: str, region) -> float:
+    """Generated / real traffic of level ``lvl`` summed over the scored region (1 = no drift of the total). Why
+    beside the MAE: a stage that is far off in MAE may be off in scale rather than in pattern."""
+    ys, xs, ts = region
+    var = schema.TRAFFIC_VAR[lvl]
+    r = pyramid.region_subset(open_city(real), ys, xs).isel(time=ts)[var]
+    s = pyramid.region_subset(synth, ys, xs).isel(time=ts)[var]
+    s = s.isel(sample=0) if "sample" in s.dims else s
+    return float(s.sum(dtype=np.float64)) / float(r.sum(dtype=np.float64))
+
+
 def markdown(title: str, header: str, rows: dict[str, dict], cols: list[tuple[str, str]]) -> str:
     lines = [f"# {title}", "", header, "", "| method | " + " | ".join(f"{l} {m}" for l, m in cols) + " |",
              "|---|" + "---|" * len(cols)]
@@ -337,8 +348,9 @@ def _stage_rows(args, table: str, variants: list[tuple[str, list[str], dict[str,
             sds, lvl, res = stage_dataset(gen, store, k)
             key = f"stage{k} ({res}, {lvl})"
             d[key] = score(store, sds, region, levels=(lvl,), resolutions=(res,))[f"{lvl}@{res}"]
+            d[key]["total_ratio"] = total_ratio(store, sds, lvl, region)
             if (key, "mae") not in cols:
-                cols += [(key, "mae"), (key, "rmse")]
+                cols += [(key, "mae"), (key, "rmse"), (key, "total_ratio")]
         d["consistency"] = rep.get("stages")
         rows[name] = d
     return rows, cols

@@ -109,7 +109,18 @@ def test_zoomdiff_stage_table_driver_reports_every_stage(tmp_path):
         assert all(math.isfinite(r[s]["mae"]) for s in stages)
         # every stage but the last is compared with the final output
         assert [c["stage"] for c in r["consistency"]] == list(range(len(stages) - 1))
-    assert "| Fine Gr. |" in (out / "zoomdiff_table4.md").read_text()
+    md = (out / "zoomdiff_table4.md").read_text()
+    assert "| Fine Gr. |" in md and "total_ratio" in md
+    # the last stage's total ratio: the generated 50 m traffic (the finest output, not reconciled in stage tables)
+    # over the real one, summed over the held-out region, straight from the two stores
+    store = work / "data" / "city.zarr"
+    ys, xs, ts = _driver().test_region(type("A", (), {"set": []})(), store, "demo.yaml")
+    real = np.asarray(zarr.open_group(str(store), mode="r")["traffic_grid50"][:], dtype=np.float64)[ts, ys, xs]
+    for name in rows:
+        gen = np.asarray(open_city(work / "gen" / "table4" / f"{name.replace(' ', '_')}.zarr")["traffic_grid50"].values, dtype=np.float64)
+        gen = gen[0] if gen.ndim == 4 else gen
+        last = max(k for k in rows[name] if k.startswith("stage"))
+        assert rows[name][last]["total_ratio"] == pytest.approx(gen[ts, ys, xs].sum() / real.sum(), rel=1e-4)
 
 
 def test_table3_samples_one_trained_model_per_noise_and_adding(tmp_path):
