@@ -220,8 +220,8 @@ def markdown(title: str, header: str, rows: dict[str, dict], cols: list[tuple[st
     for c in cols:
         vals = [rows[r].get(c[0], {}).get(c[1]) for r in rows]
         vals = [v for v in vals if v is not None and np.isfinite(v)]
-        if vals:
-            best[c] = max(vals) if c[1] == "psnr" else min(vals)
+        if vals:  # a total ratio is best nearest 1
+            best[c] = max(vals) if c[1] == "psnr" else min(vals, key=lambda v: abs(np.log(v)) if v > 0 else np.inf) if c[1] == "total_ratio" else min(vals)
     for r, d in rows.items():
         cells = []
         for c in cols:

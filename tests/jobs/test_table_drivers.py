@@ -151,6 +151,15 @@ def test_table3_samples_one_trained_model_per_noise_and_adding(tmp_path):
         _driver().sampled_as(runs / "CN_CA_CD" / "export", tmp_path / "bad", {"noise": "SN"})
 
 
+def test_table_markdown_bolds_the_best_of_each_column():
+    rows = {"a": {"s": {"mae": 2.0, "psnr": 10.0, "total_ratio": 0.7}}, "b": {"s": {"mae": 3.0, "psnr": 12.0, "total_ratio": 1.2}},
+            "c": {"s": {"mae": 4.0, "psnr": 11.0, "total_ratio": 2.5}}}
+    md = _driver().markdown("t", "h", rows, [("s", "mae"), ("s", "psnr"), ("s", "total_ratio")])
+    assert "| a | **2** | 10 | 0.7 |" in md  # lowest MAE
+    assert "| b | 3 | **12** | **1.2** |" in md  # highest PSNR; the total ratio nearest 1 (|log 1.2| < |log 0.7|)
+    assert "| c | 4 | 11 | 2.5 |" in md
+
+
 def test_mstdiff_table_driver(tmp_path):
     out = tmp_path / "mst"
     _run(["jobs/mstdiff_tables.py", "--out", str(out), "--steps", "2", "--variants", "full,sampled_last,no_x0_cap,temp05", "--no-geolife",
