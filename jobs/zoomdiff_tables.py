@@ -353,6 +353,24 @@ def _stage_rows(args, table: str, variants: list[tuple[str, list[str], dict[str,
                 cols += [(key, "mae"), (key, "rmse"), (key, "total_ratio")]
         d["consistency"] = rep.get("stages")
         rows[name] = d
+    # references at every stage's level and resolution: the noise-free context profile (the best reference of
+    # Table I on this split) and all-zeros (total ratio 0 by construction, so that column is left out for it)
+    stages = sorted({key for key, _ in cols})
+    refs = {}
+    if "population" in open_city(store):  # the context profile needs population
+        name, cfgp, sets = REFERENCES[1]
+        e = train(args, table, "context_profile_mean", cfgp, store, sets)
+        refs[f"reference: {name}"] = gen_path(args, table, e.parent.name)
+        sample(args, e, store, refs[f"reference: {name}"], num_samples=1)  # deterministic: one sample is the reference
+    refs["reference: all zeros"] = None
+    for ref, g in refs.items():
+        ds = open_city(g) if g is not None else zeros_like(store)
+        rows[ref] = {}
+        for key in stages:
+            res, lvl = key[key.index("(") + 1 : -1].split(", ")
+            rows[ref][key] = score(store, ds, region, levels=(lvl,), resolutions=(res,))[f"{lvl}@{res}"]
+            if g is not None:
+                rows[ref][key]["total_ratio"] = total_ratio(store, ds, lvl, region)
     return rows, cols
 
 

@@ -99,6 +99,7 @@ def test_zoomdiff_stage_table_driver_reports_every_stage(tmp_path):
     out, work = tmp_path / "results", tmp_path / "work"
     _run(["jobs/zoomdiff_tables.py", "table4", *TINY, "--out", str(out), "--work", str(work)], tmp_path)
     rows = json.loads((out / "zoomdiff_table4.json").read_text())
+    refs = {k: rows.pop(k) for k in ("reference: context_profile (mean, no noise)", "reference: all zeros")}
     assert list(rows) == ["Uniform", "Coarse Gr.", "Fine Gr."]
     for name, r in rows.items():
         stages = sorted(k for k in r if k.startswith("stage"))
@@ -121,6 +122,13 @@ def test_zoomdiff_stage_table_driver_reports_every_stage(tmp_path):
         gen = gen[0] if gen.ndim == 4 else gen
         last = max(k for k in rows[name] if k.startswith("stage"))
         assert rows[name][last]["total_ratio"] == pytest.approx(gen[ts, ys, xs].sum() / real.sum(), rel=1e-4)
+    # the references are scored at every stage of every row; all-zeros at (1 h, 100 m) = the mean real 2x2 block
+    assert set(refs["reference: all zeros"]) == set(refs["reference: context_profile (mean, no noise)"]) == {k for r in rows.values() for k in r if k.startswith("stage")}
+    T, H, W = real.shape
+    blocks = real.reshape(T, H // 2, 2, W // 2, 2).sum(axis=(2, 4))
+    for key in ("stage3 (1h, grid100)", "stage2 (1h, grid100)"):
+        assert refs["reference: all zeros"][key]["mae"] == pytest.approx(blocks.mean(), rel=1e-5)
+    assert 0 < refs["reference: context_profile (mean, no noise)"]["stage0 (2h, bs)"]["total_ratio"] < 10
 
 
 def test_table3_samples_one_trained_model_per_noise_and_adding(tmp_path):
