@@ -14,7 +14,8 @@ base stations), then writes a users-only city store: the context's BS coordinate
 adds (or replaces) the users group of an existing store instead, e.g. one written by the traffic sampler.
 
 Determinism: the same export, ``seed`` and ``batch_size`` give bit-identical output on CPU (``csdi_users``: each
-user's noise comes from its own generator, so the output does not depend on ``batch_size`` either).
+user's noise comes from its own generator, so another ``batch_size`` gives the same output up to float32 rounding,
+which batched matrix products may do differently for another batch shape).
 """
 
 from __future__ import annotations

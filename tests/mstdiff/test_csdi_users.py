@@ -157,8 +157,11 @@ def test_train_and_sample_traffic_only_store(trained, city, tmp_path):
 def test_sampling_is_deterministic_and_batch_independent(trained):
     _, export = trained
     a = sample_users(export, 5, seed=3, progress=False)["traffic"].values
+    np.testing.assert_array_equal(a, sample_users(export, 5, seed=3, progress=False)["traffic"].values)  # bit-identical
+    # another batch size draws the same noise per user; the network's batched float32 arithmetic may round
+    # differently with the batch shape (seen: 1 value in 240 off by 1 ulp on an AMD EPYC), so equal to rounding
     b = sample_users(export, 5, seed=3, batch_size=2, progress=False)["traffic"].values
-    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(np.abs(a).max()))
     c = sample_users(export, 5, seed=4, progress=False)["traffic"].values
     assert not np.array_equal(a, c)
     with pytest.raises(ConfigError, match="apply to MSTDiff"):
