@@ -141,9 +141,11 @@ def test_table3_samples_one_trained_model_per_noise_and_adding(tmp_path):
     out, work = tmp_path / "results", tmp_path / "work"
     _run(["jobs/zoomdiff_tables.py", "table3", *TINY, "--out", str(out), "--work", str(work)], tmp_path)
     rows = json.loads((out / "zoomdiff_table3.json").read_text())
-    assert list(rows) == ["CN, CA, CD", "CN, CA, SD", "CN, SA, SD", "SN, SA, CD", "SN, SA, SD"]
+    assert list(rows) == ["CN, CA, CD", "CN, CA, SD", "CN, SA, SD", "SN, SA, CD", "SN, SA, SD",
+                          "reference: context_profile (mean, no noise)", "reference: all zeros"]
     runs = work / "table3" / "runs"
-    assert sorted(p.parent.name for p in runs.glob("*/wall.json")) == ["CN_CA_CD", "CN_SA_SD", "SN_SA_CD"]  # trained
+    trained = sorted(p.parent.name for p in runs.glob("*/wall.json"))
+    assert trained == ["CN_CA_CD", "CN_SA_SD", "SN_SA_CD", "context_profile_mean"]  # three networks, one fitted reference
     for trained, derived, want in (("CN_CA_CD", "CN_CA_SD", "SD"), ("SN_SA_CD", "SN_SA_SD", "SD")):
         a, b = load_export(runs / trained / "export"), load_export(runs / derived / "export")
         assert a.config.diffusion.denoising == "CD" and b.config.diffusion.denoising == want
