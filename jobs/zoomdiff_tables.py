@@ -331,7 +331,7 @@ def _stage_rows(args, table: str, variants: list[tuple[str, list[str], dict[str,
                 config: str = "demo.yaml") -> tuple[dict, list]:
     """Train (once per distinct training setting), sample and score every stage of each variant (name, training
     overrides, sampling-only diffusion settings)."""
-    rows, cols = {}, []
+    rows, cols, stage_of = {}, [], {}  # stage_of: column key -> (level, resolution)
     slug = lambda n: n.replace(",", "").replace(" ", "_")  # noqa: E731
     for name, sets, at_sampling in variants:
         # variants that train alike share the model of the first of them, trained with its sampling settings
@@ -347,6 +347,7 @@ def _stage_rows(args, table: str, variants: list[tuple[str, list[str], dict[str,
         for k in range(len(st.data_vars)):
             sds, lvl, res = stage_dataset(gen, store, k)
             key = f"stage{k} ({res}, {lvl})"
+            stage_of[key] = (lvl, res)
             d[key] = score(store, sds, region, levels=(lvl,), resolutions=(res,))[f"{lvl}@{res}"]
             d[key]["total_ratio"] = total_ratio(store, sds, lvl, region)
             if (key, "mae") not in cols:
@@ -355,7 +356,6 @@ def _stage_rows(args, table: str, variants: list[tuple[str, list[str], dict[str,
         rows[name] = d
     # references at every stage's level and resolution: the noise-free context profile (the best reference of
     # Table I on this split) and all-zeros (total ratio 0 by construction, so that column is left out for it)
-    stages = sorted({key for key, _ in cols})
     refs = {}
     if "population" in open_city(store):  # the context profile needs population
         name, cfgp, sets = REFERENCES[1]
@@ -366,8 +366,7 @@ def _stage_rows(args, table: str, variants: list[tuple[str, list[str], dict[str,
     for ref, g in refs.items():
         ds = open_city(g) if g is not None else zeros_like(store)
         rows[ref] = {}
-        for key in stages:
-            res, lvl = key[key.index("(") + 1 : -1].split(", ")
+        for key, (lvl, res) in stage_of.items():
             rows[ref][key] = score(store, ds, region, levels=(lvl,), resolutions=(res,))[f"{lvl}@{res}"]
             if g is not None:
                 rows[ref][key]["total_ratio"] = total_ratio(store, ds, lvl, region)
