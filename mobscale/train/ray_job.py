@@ -151,9 +151,13 @@ def train_ray(cfg, run_dir: str | Path, *, task_factory: str | None = None, init
             import ray
 
             ray.shutdown()
-    if result.checkpoint is None:
+    # Ray's result names the last checkpoint *this* attempt reported; a rerun that resumed from a newer one it
+    # never recorded (e.g. written by workers of a killed attempt that outlived their driver) and had no steps
+    # left reports nothing, so the export takes the newer of the two
+    final = _newest_checkpoint(run_dir, cfg, result.checkpoint)
+    if final is None:
         raise CheckpointError(f"{run_dir / cfg.name}: training finished without a checkpoint")
-    with result.checkpoint.as_directory() as d:
+    with final.as_directory() as d:
         return _export(run_dir, cfg, task, Path(d))
 
 
@@ -319,7 +323,8 @@ def worker_loop(config: dict) -> None:
 
 
 def _newest_checkpoint(run_dir: Path, cfg, reported):
-    """The checkpoint to resume from: Ray's latest, unless RUN/last_checkpoint.json names a newer one.
+    """The checkpoint to resume from (and, after training, to export): Ray's latest, unless
+    RUN/last_checkpoint.json names a newer one.
 
     Ray's controller records a reported checkpoint asynchronously; a job killed right after a preemption
     checkpoint was persisted (e.g. SLURM requeue) restarts with Ray knowing only the one before. Rank 0 writes
@@ -335,7 +340,7 @@ def _newest_checkpoint(run_dir: Path, cfg, reported):
         with reported.as_directory() as d:
             if ckpt.read_state(Path(d))["step"] >= ckpt.read_state(ours)["step"]:
                 return reported
-    log.info("resuming from %s, newer than the latest checkpoint Ray recorded", ours)
+    log.info("using %s, newer than the latest checkpoint Ray recorded", ours)
     return ray.train.Checkpoint.from_directory(str(ours))
 
 

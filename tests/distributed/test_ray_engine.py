@@ -116,6 +116,58 @@ def test_worker_failure_recovered_on_the_same_curve(ray_cluster, ddp_run, tmp_pa
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def kill_session(sid: int, timeout: float = 30.0) -> None:
+    """SIGKILL every process of session ``sid`` until none is left, as scancel's cgroup kill would.
+
+    Not only the driver's process group: Ray's actors (the training workers among them) run in process groups
+    of their own within the driver's session, and outlive a killed driver by seconds -- long enough to train
+    on and write checkpoints into the run a rerun is resuming (seen in CI: they finished the run first).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        left = []
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    # a zombie (the driver until proc.wait, orphans where PID 1 does not reap) is already dead
+                    zombie = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+                    if not zombie and os.getsid(int(name)) == sid:
+                        os.kill(int(name), signal.SIGKILL)
+                        left.append(int(name))
+                except (ProcessLookupError, PermissionError, FileNotFoundError):
+                    pass
+        if not left:
+            return
+        assert time.monotonic() < deadline, f"processes {left} of session {sid} survived SIGKILL for {timeout} s"
+        time.sleep(0.1)
+
+
+def test_newest_checkpoint_prefers_the_newer_of_ray_and_ours(ddp_run, tmp_path):
+    """Resume and export take RUN/last_checkpoint.json's checkpoint when Ray recorded an older one, and Ray's
+    otherwise: a rerun that resumes at the last step reports nothing and must still export that step."""
+    import shutil
+
+    from ray.train import Checkpoint
+
+    from mobscale.train.ray_job import _newest_checkpoint
+
+    cfg = load_dict(toy_cfg())
+    for step in (8, 12):
+        shutil.copytree(ddp_run / "toy" / f"step_{step:08d}", tmp_path / "toy" / f"step_{step:08d}")
+    old, new = (Checkpoint.from_directory(str(tmp_path / "toy" / f"step_{s:08d}")) for s in (8, 12))
+
+    def step_of(c):
+        return ckpt.read_state(Path(c.path))["step"]
+
+    assert _newest_checkpoint(tmp_path, cfg, old) is old  # no last_checkpoint.json: Ray's
+    ckpt.record_last(tmp_path, 12, tmp_path / "toy" / "step_00000012")
+    assert step_of(_newest_checkpoint(tmp_path, cfg, old)) == 12
+    assert step_of(_newest_checkpoint(tmp_path, cfg, None)) == 12
+    assert _newest_checkpoint(tmp_path, cfg, new) is new
+    ckpt.record_last(tmp_path, 8, tmp_path / "toy" / "step_00000008")
+    assert _newest_checkpoint(tmp_path, cfg, new) is new  # Ray's is newer
+
+
 def test_kill_midway_and_resume_by_rerunning(ddp_run, tmp_path):
     """`mobscale train --workers 2` killed (driver and all Ray processes, SIGKILL) after a checkpoint; the same
     command again finishes the run on the uninterrupted curve."""
@@ -133,7 +185,7 @@ def test_kill_midway_and_resume_by_rerunning(ddp_run, tmp_path):
             assert time.monotonic() < deadline, "no checkpoint within 240 s"
             time.sleep(0.1)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started (its process group)
+        kill_session(proc.pid)
         proc.wait()
     killed_at = ckpt.last_step(run)
     assert 4 <= killed_at < 12, f"kill came too late (step {killed_at})"
