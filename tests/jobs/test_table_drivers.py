@@ -131,6 +131,40 @@ def test_zoomdiff_stage_table_driver_reports_every_stage(tmp_path):
     assert 0 < refs["reference: context_profile (mean, no noise)"]["stage0 (2h, bs)"]["total_ratio"] < 10
 
 
+def test_table4_rgp_filter_trains_only_the_chosen_settings(tmp_path):
+    """`table4 --rgp`: only those RGP rows, each trained once, in the table's order; the references stay."""
+    out, work = tmp_path / "results", tmp_path / "work"
+    _run(["jobs/zoomdiff_tables.py", "table4", *TINY, "--no-oracle", "--rgp", "fine_greedy", "coarse_greedy", "--out", str(out), "--work", str(work)], tmp_path)
+    rows = json.loads((out / "zoomdiff_table4.json").read_text())
+    assert list(rows) == ["Coarse Gr.", "Fine Gr.", "reference: context_profile (mean, no noise)", "reference: all zeros"]
+    assert sorted(p.name for p in (work / "table4" / "runs").iterdir()) == ["Coarse_Gr.", "Fine_Gr.", "context_profile_mean"]
+
+
+def test_table7_driver_transfers_across_cities(tmp_path):
+    """Table VII for ZoomDiff only (`--models`): trained on B, A -> B zero-shot and few-shot, scored on B's held-out
+    district beside B's references; the few-shot run starts from A's weights and trains only the transfer subset."""
+    import torch
+
+    from mobscale.model.export import load_export
+
+    out, work = tmp_path / "results", tmp_path / "work"
+    _run(["jobs/zoomdiff_tables.py", "table7", *TINY, "--no-oracle", "--models", "ZoomDiff", "--out", str(out), "--work", str(work)], tmp_path)
+    rows = json.loads((out / "zoomdiff_table7.json").read_text())
+    assert [k for k in rows if not k.startswith("reference")] == ["ZoomDiff: trained on B", "ZoomDiff: A -> B zero-shot", "ZoomDiff: A -> B few-shot"]
+    assert all(math.isfinite(r["grid50@1h"]["mae"]) for r in rows.values())
+    assert sorted(p.name for p in (work / "table7" / "runs").iterdir())[:3] == ["ZoomDiff_A", "ZoomDiff_A_to_B_few", "ZoomDiff_B"]
+    # all-zeros on B: its 50 m MAE is the mean real 50 m traffic of B's held-out region, straight from the store
+    store = work / "data" / "cityB.zarr"
+    ys, xs, ts = _driver().test_region(type("A", (), {"set": []})(), store, "demo.yaml")
+    real = np.asarray(zarr.open_group(str(store), mode="r")["traffic_grid50"][:], dtype=np.float64)[ts, ys, xs]
+    assert rows["reference on B: zeros"]["grid50@1h"]["mae"] == pytest.approx(real.mean(), rel=1e-5)
+    # few-shot: the parameters outside the transfer subset are A's, unchanged; some inside it moved
+    a = load_export(work / "table7" / "runs" / "ZoomDiff_A" / "export").state_dict
+    f = load_export(work / "table7" / "runs" / "ZoomDiff_A_to_B_few" / "export").state_dict
+    same = {k for k in a if torch.equal(a[k], f[k])}
+    assert same and len(same) < len(a)
+
+
 def test_table3_samples_one_trained_model_per_noise_and_adding(tmp_path):
     """CD/SD acts only in the sampler: Table III trains three models for its five rows, and a row that shares a
     model samples the same weights with its own denoising (else the rows would not compare what they say)."""
