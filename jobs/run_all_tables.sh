@@ -45,7 +45,7 @@ $T table1 --steps 3000 --models ZoomDiff --samples 4 --tag _profile_3k --zd-set 
 python jobs/zoomdiff_tables.py table1 --steps 3000 --models ZoomDiff --samples 4 --tag _profile_3k_core --zd-set diffusion.profile_prior=context_profile --blend core --no-reconcile
 # 2026-12-07: Tables III, IV and VII again with the current defaults (harmonics, profile prior, core tiles reconciled
 # to the BS stage); Table VII for ZoomDiff only (its DiT-style rows are in zoomdiff_table7.md); MobileBJ (no population:
-# the historical prior stands in for the context profile); S3T2 coarse-greedy trained longer
+# the historical prior stands in for the context profile); Table IV trained longer
 python jobs/zoomdiff_tables.py table3 --steps 600 --tag _defaults
 python jobs/zoomdiff_tables.py table4 --steps 600 --tag _defaults
 python jobs/zoomdiff_tables.py table7 --steps 600 --tag _defaults --models ZoomDiff
@@ -55,4 +55,4 @@ python jobs/zoomdiff_tables.py table1 --steps 1000 $M --tag _mobilebj_hist --mod
 [ -e runs/tables/table1_mobilebj_hist_sps20 ] || ln -s table1_mobilebj_hist runs/tables/table1_mobilebj_hist_sps20
 python jobs/zoomdiff_tables.py table1 --steps 1000 $M --tag _mobilebj_hist_sps20 --models ZoomDiff --samples 4 --steps-per-stage 20 --zd-set diffusion.profile_prior=historical
 python jobs/zoomdiff_tables.py table1 --steps 3000 $M --tag _mobilebj_hist_3k --models ZoomDiff --samples 4 --zd-set diffusion.profile_prior=historical
-python jobs/zoomdiff_tables.py table4 --steps 1500 --tag _defaults_1500 --rgp coarse_greedy
+python jobs/zoomdiff_tables.py table4 --steps 1500 --tag _defaults_1500
