@@ -403,6 +403,11 @@ def table6(args) -> None:
     gen = gen_path(args, "table6", "zoomdiff_zero_shot")
     sample(args, exp, store, gen, refine_level="bs")
     rows["ZoomDiff (zero-shot, from the S4T4 model)"] = score(store, gen, region)
+    # the same samples as refinement wrote them before 2026-12-07: scaled to the BS stage's daily totals only (the
+    # S4T4 BS stage is at 1 day), which threw away the within-day shape of the given hourly BS traffic
+    from zoomdiff_rescore import rebuild
+
+    rows["ZoomDiff (zero-shot), same samples anchored to daily BS totals only (refine --anchor stage)"] = score(store, rebuild(gen, ("bs",)), region)
     exp2 = train(args, "table6", "zoomdiff_bs_grid50", "demo.yaml", store, ["diffusion.spatial=[bs,grid50]", "diffusion.temporal=[1h]"])
     gen2 = gen_path(args, "table6", "zoomdiff_refine_model")
     sample(args, exp2, store, gen2, refine_level="bs")

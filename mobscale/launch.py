@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scale each generated stage to the previous stage's unit totals (default: the model's sample.nest_stages)")
     r.add_argument("--reconcile-levels", default=None, metavar="bs[,cell]",
                    help="model stage outputs reconciled to besides the given level (default: the model's sample.reconcile_levels)")
+    r.add_argument("--anchor", dest="refine_anchor", choices=["hourly", "stage"], default="hourly",
+                   help="hourly (default): the output matches the given coarse traffic hour by hour; stage: only over the "
+                        "refine stage's time blocks (e.g. daily totals for S4T4; the behaviour before 2026-12-07)")
     r.add_argument("--overwrite", action="store_true")
     r.set_defaults(handler="mobscale.sample.cli:refine")
 

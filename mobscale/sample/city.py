@@ -51,6 +51,7 @@ LOGS = "_logs"
 REPORT = "reconcile.json"
 CHUNK_XY = 128
 RECONCILE_LEVELS = ("bs", "cell")  # levels the finest output can be reconciled to, coarse -> fine
+REFINE_ANCHOR_LEVELS = ("bs", "cell", "grid100")  # ... and, when refining, the given level can also be grid100
 
 
 @dataclass
@@ -73,6 +74,10 @@ class SampleSpec:
     shards: int = 1
     keep_stages: bool = True
     refine_level: str | None = None  # refine mode: level of the coarse input taken from `context`
+    # refine mode: "hourly" = the finest output matches the given coarse traffic hour by hour (all the input says);
+    # "stage" = only its totals over the refine stage's time blocks (e.g. 1 day for S4T4; the behaviour before
+    # 2026-12-07, which threw away the given within-day shape: results/README.md, "Refinement")
+    refine_anchor: str = "hourly"
     normaliser_from: str | None = None  # zero-shot transfer: refit the normalisation on this store's traffic...
     normaliser_fraction: float = 0.05  # ...using this fraction of its training windows (ZoomDiff Table VII)
     threads: int = 1
@@ -179,7 +184,7 @@ def _template(spec: SampleSpec, lay: Layout, gen) -> tuple[xr.Dataset, xr.Datase
         "provenance": store_attrs_json(prov),
         "config": store_attrs_json({"sample": asdict(spec), "model_config_yaml": exp.config_yaml}),
         "levels_present": store_attrs_json(list(schema.SPATIAL_LEVELS)),
-        "levels_built_by": store_attrs_json({"grid50": "finest stage output" + (f" reconciled top-down to the {'/'.join(anchor_levels(spec, lay.stages)) or 'no'} stage output" if spec.reconcile else "")
+        "levels_built_by": store_attrs_json({"grid50": "finest stage output" + (_anchor_text(spec, lay) if spec.reconcile else "")
                                              + ("; 0 where the context's observed mask is 0" if "observed" in ctx else ""),
                                              "grid100": "2x2 sum of grid50", "cell": "sum of grid50 pixels", "bs": "sum of cells"}),
         "sample_run_hash": spec.run_hash(),
@@ -190,6 +195,12 @@ def _template(spec: SampleSpec, lay: Layout, gen) -> tuple[xr.Dataset, xr.Datase
                                 {**schema.DENSITY_ATTRS, "stage": k, "level": lvl, "time_resolution": res})
     stages.attrs = {"stages": store_attrs_json(lay.stages), "description": "per-pixel density of every DRDM stage's output (MB per pixel per hour)"}
     return root, stages
+
+
+def _anchor_text(spec: SampleSpec, lay: Layout) -> str:
+    lv = anchor_levels(spec, lay.stages)
+    parts = [f"the given hourly {x} traffic of the context" if x == spec.refine_level and spec.refine_anchor == "hourly" else f"the {x} stage output" for x in lv]
+    return " reconciled top-down to " + (", then ".join(parts) if parts else "nothing")
 
 
 # ---------------------------------------------------------------------------------------------- shard task
@@ -372,31 +383,64 @@ def _nest_targets(child: np.ndarray, child_parent: np.ndarray, n_parent: int, b_
 def anchor_levels(spec: SampleSpec, stages: list[tuple[str, str]]) -> list[str]:
     """Levels whose stage outputs the finest output is scaled to (coarse -> fine): ``spec.reconcile_levels``, plus
     the level refined from (its stage output is the given coarse traffic), each only if the model has a stage there
-    before the last one."""
+    before the last one. When refining with ``refine_anchor="hourly"`` the refine level is anchored to the given
+    traffic itself, and the model's stages coarser than it are dropped (the given traffic already fixes them)."""
     last_at = {lvl: k for k, (lvl, _) in enumerate(stages)}
     want = set(spec.reconcile_levels) | ({spec.refine_level} if spec.refine_level else set())
-    return [lvl for lvl in RECONCILE_LEVELS if lvl in want and lvl in last_at and last_at[lvl] < len(stages) - 1]
+    order = list(REFINE_ANCHOR_LEVELS)
+    out = [lvl for lvl in order if lvl in want and lvl in last_at and last_at[lvl] < len(stages) - 1]
+    out = [lvl for lvl in out if lvl in RECONCILE_LEVELS or (lvl == spec.refine_level and spec.refine_anchor == "hourly")]
+    if spec.refine_level is not None and spec.refine_anchor == "hourly":
+        out = [lvl for lvl in out if order.index(lvl) >= order.index(spec.refine_level)]
+    return out
+
+
+def given_hourly(context: str | Path, level: str) -> np.ndarray:
+    """(T, n_units) hourly totals of ``level`` as the context store holds them (the coarse input of refinement)."""
+    from mobscale.data.windows import CityArrays
+
+    arr = CityArrays(context, cache_bytes=0, require_traffic=False)
+    t = arr._table(level)
+    if t is None:
+        raise StoreError(f"{context}: has no traffic_{level} to refine from")
+    return t.reshape(t.shape[0], -1).astype(np.float64)
 
 
 def reconcile_field(F: np.ndarray, totals: list[np.ndarray], stages: list[tuple[str, str]], umaps: dict, cell_bs: np.ndarray,
-                    levels: list[str], observed: np.ndarray | None = None) -> np.ndarray:
+                    levels: list[str], observed: np.ndarray | None = None, given: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """Top-down reconciliation of the finest output F (t, H, W) to the stage outputs at ``levels``.
 
     totals[k]: stage k's per-hour unit totals (t, n_units of its level); umaps: level -> (unit_map, n_units).
     Each anchor level's target is its last stage's totals over that stage's time blocks; a cell target is first
     rescaled to sum to the BS target above it, so the anchors are nested and all are met exactly.
+    given: level -> (t, n_units) hourly totals that are data, not a stage output (refinement's coarse input): that
+    level's target is them hour by hour. A finer anchor with longer blocks (cells at 4 h under hourly BS) is nested
+    into their block sums, and the given level is applied once more at the end, so it is met exactly and the finer
+    anchor up to the within-block shape the given hours impose.
     """
+    given = given or {}
     last_at = {lvl: k for k, (lvl, _) in enumerate(stages)}
     anchors, prev = [], None
     for lvl in levels:
-        k = last_at[lvl]
-        b = HOURS[stages[k][1]]
-        target = _block_sums(totals[k], b)
-        if prev is not None:  # cells nested in BS: make the cell targets sum to the BS targets
-            target = _nest_targets(target, cell_bs, umaps["bs"][1], b, prev[0], prev[1])
+        if lvl in given:
+            b, target = 1, given[lvl]
+        else:
+            k = last_at[lvl]
+            b = HOURS[stages[k][1]]
+            target = _block_sums(totals[k], b)
+        if prev is not None and lvl == "cell" and prev[2] == "bs":  # cells nested in BS: make the cell targets sum to the BS targets
+            pt, pb = prev[0], prev[1]
+            if pb < b:  # hourly given BS over 4 h cells: nest into the BS totals of the cells' blocks
+                pt, pb = _block_sums(pt, b // pb), b
+            target = _nest_targets(target, cell_bs, umaps["bs"][1], b, pt, pb)
         anchors.append((umaps[lvl][0], b, target))
-        prev = (target, b)
-    return _top_down(F, anchors, observed) if anchors else F
+        prev = (target, b, lvl)
+    if not anchors:
+        return F
+    first_given = next((i for i, lvl in enumerate(levels) if lvl in given), None)
+    if first_given is not None and first_given < len(anchors) - 1:
+        anchors.append(anchors[first_given])  # the given data wins over the model's finer stage
+    return _top_down(F, anchors, observed)
 
 
 def finalize(spec: SampleSpec, lay: Layout, progress: bool = True) -> dict:
@@ -415,6 +459,11 @@ def finalize(spec: SampleSpec, lay: Layout, progress: bool = True) -> dict:
     umaps = {lvl: pyramid.unit_map(root, lvl) for lvl in schema.SPATIAL_LEVELS}
     unit_pixels = {lvl: _unit_pixels(um, n, observed) for lvl, (um, n) in umaps.items()}
     anchors_lv = anchor_levels(spec, lay.stages)
+    given_all = None
+    if spec.reconcile and spec.refine_level is not None and spec.refine_anchor == "hourly" and spec.refine_level in anchors_lv:
+        given_all = given_hourly(spec.context, spec.refine_level)
+        if given_all.shape[0] < lay.T:
+            raise StoreError(f"{spec.context}: traffic_{spec.refine_level} covers {given_all.shape[0]} h, fewer than the {lay.T} h generated")
     raw_err = {k: [0.0, 0.0] for k in range(lay.K - 1)}
     fin_err = {k: [0.0, 0.0] for k in range(lay.K - 1)}
     S = spec.num_samples
@@ -443,7 +492,8 @@ def finalize(spec: SampleSpec, lay: Layout, progress: bool = True) -> dict:
                 raw_err[k][0] += float(np.abs(want - got).sum())
                 raw_err[k][1] += float(np.abs(got).sum())
             if spec.reconcile and anchors_lv:
-                F = reconcile_field(F, totals, lay.stages, umaps, cb, anchors_lv, observed)
+                given = None if given_all is None else {spec.refine_level: given_all[tsl]}
+                F = reconcile_field(F, totals, lay.stages, umaps, cb, anchors_lv, observed, given)
             F32 = F.astype(np.float32)
             cell = pyramid.units_sum(F32, pc, C)
             levels = {
@@ -548,6 +598,8 @@ def sample_city(spec: SampleSpec, *, workers: int | None = None, nodes: int | No
     """Generate (or refine) a whole city into ``spec.out``; resumable. Returns a summary dict."""
     from mobscale.sample.generators import load_generator
 
+    if spec.refine_anchor not in ("hourly", "stage"):
+        raise ConfigError(f"refine anchor must be 'hourly' or 'stage', got '{spec.refine_anchor}'")
     bad = [lvl for lvl in spec.reconcile_levels if lvl not in RECONCILE_LEVELS]
     if bad:
         raise ConfigError(f"reconcile levels {bad} unknown: the finest output can be reconciled to {list(RECONCILE_LEVELS)}")

@@ -44,6 +44,7 @@ def _spec(args, export, refine_level=None):
         batch_size=cfg.batch_size,
         shards=max(1, getattr(args, "shards", 1) or 1),
         refine_level=refine_level,
+        refine_anchor=getattr(args, "refine_anchor", None) or "hourly",
     )
 
 

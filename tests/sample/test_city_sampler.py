@@ -235,13 +235,95 @@ def test_several_samples(tiny_export, tmp_path):
 
 
 def test_refine_from_bs_matches_the_coarse_input(tiny_export, tmp_path):
+    """The given BS traffic is hourly; the model's BS stage is at 4 h. By default the output keeps every given hour
+    (the stage's 4 h blocks would throw the within-block shape away); with anchor 'stage' only the 4 h totals."""
     exp, ctx = tiny_export
     out = tmp_path / "refined.zarr"
-    sample_city(_spec(exp, ctx, out, refine_level="bs"), progress=False)
+    rep = sample_city(_spec(exp, ctx, out, refine_level="bs"), progress=False)
     validate_store(out)
-    real = pyramid.level(open_city(ctx), "bs", "4h").values
-    gen = pyramid.level(open_city(out), "bs", "4h").values
-    np.testing.assert_allclose(gen, real[: gen.shape[0]], rtol=1e-4)
+    assert "given hourly bs traffic" in open_city(out).attrs["levels_built_by"]
+    real1 = pyramid.level(open_city(ctx), "bs", "1h").values
+    gen1 = pyramid.level(open_city(out), "bs", "1h").values
+    np.testing.assert_allclose(gen1, real1[: gen1.shape[0]], rtol=1e-4, atol=1e-6 * float(real1.max()))
+    assert rep["anchors"] == ["bs"]
+    # the earlier behaviour, kept as an option: 4 h totals exact, the hours inside a block the model's own
+    from mobscale.launch import main
+
+    out_s = tmp_path / "refined_stage.zarr"
+    assert main(["refine", "--checkpoint", str(exp), "--coarse", str(ctx), "--level", "bs", "--out", str(out_s),
+                 "--seed", "7", "--steps-per-stage", "2", "--anchor", "stage"]) == 0
+    validate_store(out_s)
+    assert json.loads(open_city(out_s).attrs["config"])["sample"]["refine_anchor"] == "stage"
+    assert "the bs stage output" in open_city(out_s).attrs["levels_built_by"]
+    real4 = pyramid.level(open_city(ctx), "bs", "4h").values
+    for o in (out, out_s):
+        gen4 = pyramid.level(open_city(o), "bs", "4h").values
+        np.testing.assert_allclose(gen4, real4[: gen4.shape[0]], rtol=1e-4)
+    gs = pyramid.level(open_city(out_s), "bs", "1h").values
+    rel = np.abs(gs - real1[: gs.shape[0]]).sum() / np.abs(real1[: gs.shape[0]]).sum()
+    assert rel > 1e-2, f"stage-anchored hours should differ from the given ones (rel L1 {rel:.2e})"
+
+
+def test_refine_hourly_anchor_with_a_cell_anchor_keeps_the_given_hours_exact(tiny_export, tmp_path):
+    """BS given hourly, cells anchored to the model's cell stage (1 h here) as well: the BS hours are met exactly
+    (data wins) and each cell gets its stage's share of its BS's given hour."""
+    exp, ctx = tiny_export
+    out = tmp_path / "refined_bs_cell.zarr"
+    rep = sample_city(_spec(exp, ctx, out, refine_level="bs", reconcile_levels=("bs", "cell")), progress=False)
+    validate_store(out)
+    assert rep["anchors"] == ["bs", "cell"]
+    real1 = pyramid.level(open_city(ctx), "bs", "1h").values
+    gen1 = pyramid.level(open_city(out), "bs", "1h").values
+    T = gen1.shape[0]
+    np.testing.assert_allclose(gen1, real1[:T], rtol=1e-4, atol=1e-6 * float(real1.max()))
+    root = open_city(out)
+    k_cell = [i for i, s in enumerate(rep["stages"]) if s["level"] == "cell"][0]
+    assert rep["stages"][k_cell]["resolution"] == "1h"
+    pc, cb = root["pixel_cell"].values, root["cell_bs"].values
+    st = open_city(out, group="stages")[f"stage_{k_cell}"].isel(sample=0).values.astype(np.float64)
+    cell_stage = pyramid.units_sum(st, pc, root.sizes["cell"])  # (T, cells): the stage's own totals
+    in_bs = pyramid.units_sum(cell_stage, cb, root.sizes["bs"])[:, cb]
+    want = np.where(in_bs > 0, cell_stage / np.where(in_bs > 0, in_bs, 1), 0) * real1[:T][:, cb]
+    got = root.traffic_cell.values
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5 * float(want.max()))
+    # with the BS anchor alone the cells keep the finest output's own shares, which differ from the cell stage's
+    only_bs = tmp_path / "refined_bs_only.zarr"
+    sample_city(_spec(exp, ctx, only_bs, refine_level="bs"), progress=False)
+    assert np.abs(open_city(only_bs).traffic_cell.values - want).sum() > 1e-2 * np.abs(want).sum()
+
+
+def test_reconcile_field_meets_given_hours_and_nests_coarser_cell_blocks():
+    """Unit test of the arithmetic on a 2x2-pixel city: 2 BS (columns), 4 cells (pixels), 8 hours; the BS target is
+    given hourly, the cell stage at 4 h. Given hours exact; cells exact where the given hours allow it."""
+    from mobscale.sample.city import reconcile_field
+
+    rng = np.random.default_rng(0)
+    pc = np.array([[0, 1], [2, 3]])
+    cb = np.array([0, 0, 1, 1])
+    bs_map = cb[pc]
+    umaps = {"bs": (bs_map, 2), "cell": (pc, 4)}
+    F = rng.uniform(1, 2, (8, 2, 2))
+    given = rng.uniform(5, 10, (8, 2))
+    cell_stage = rng.uniform(1, 3, (8, 4))  # per-hour totals of a stage at 4 h (only block sums matter)
+    stages = [("bs", "4h"), ("cell", "4h"), ("grid50", "1h")]
+    bs_stage = rng.uniform(1, 3, (8, 2))
+    out = reconcile_field(F, [bs_stage, cell_stage, None], stages, umaps, cb, ["bs"], None, {"bs": given})
+    np.testing.assert_allclose(pyramid.units_sum(out, bs_map, 2), given, rtol=1e-12)
+    # without `given`, only the stage's 4 h totals hold
+    out_s = reconcile_field(F, [bs_stage, cell_stage, None], stages, umaps, cb, ["bs"], None)
+    got = pyramid.units_sum(out_s, bs_map, 2).reshape(2, 4, 2).sum(1)
+    np.testing.assert_allclose(got, bs_stage.reshape(2, 4, 2).sum(1), rtol=1e-12)
+    # a cell anchor at 4 h under the given hourly BS: BS hours still exact, cell 4 h totals nested into them
+    out_c = reconcile_field(F, [bs_stage, cell_stage, None], stages, umaps, cb, ["bs", "cell"], None, {"bs": given})
+    np.testing.assert_allclose(pyramid.units_sum(out_c, bs_map, 2), given, rtol=1e-12)
+    cells4 = pyramid.units_sum(out_c, pc, 4).reshape(2, 4, 4).sum(1)
+    bs4 = given.reshape(2, 4, 2).sum(1)
+    np.testing.assert_allclose(cells4.reshape(2, 2, 2).sum(2), bs4, rtol=1e-12)  # children sum to the given BS blocks
+    # the share of each cell in its BS block follows the cell stage's shares up to the within-block reweighting
+    want_share = cell_stage.reshape(2, 4, 4).sum(1).reshape(2, 2, 2)
+    want_share = want_share / want_share.sum(2, keepdims=True)
+    got_share = cells4.reshape(2, 2, 2) / cells4.reshape(2, 2, 2).sum(2, keepdims=True)
+    assert np.abs(got_share - want_share).max() < 0.1
 
 
 def test_refine_reconciles_to_the_given_level_whatever_the_levels(tiny_export, tmp_path):
