@@ -44,11 +44,11 @@ $T table1 --steps 3000 --models ZoomDiff --samples 4 --tag _profile_3k --zd-set 
 [ -e runs/tables/table1_profile_3k_core ] || ln -s table1_profile_3k runs/tables/table1_profile_3k_core
 python jobs/zoomdiff_tables.py table1 --steps 3000 --models ZoomDiff --samples 4 --tag _profile_3k_core --zd-set diffusion.profile_prior=context_profile --blend core --no-reconcile
 # 2026-12-07: Tables III, IV and VII again with the current defaults (harmonics, profile prior, core tiles reconciled
-# to the BS stage); Table VII for ZoomDiff only (its DiT-style rows are in zoomdiff_table7.md); MobileBJ (no population:
+# to the BS stage); Table VII (DiT-style added in a later session); MobileBJ (no population:
 # the historical prior stands in for the context profile); Table IV trained longer
 python jobs/zoomdiff_tables.py table3 --steps 600 --tag _defaults
 python jobs/zoomdiff_tables.py table4 --steps 600 --tag _defaults
-python jobs/zoomdiff_tables.py table7 --steps 600 --tag _defaults --models ZoomDiff
+python jobs/zoomdiff_tables.py table7 --steps 600 --tag _defaults
 M="--data runs/tables/data/mobilebj.zarr --set data.windows.patch=8 --set data.windows.split_by=time --set data.windows.test_fraction=0.3"
 python jobs/zoomdiff_tables.py table1 --steps 1000 $M --tag _mobilebj_1k --zd-set diffusion.profile_prior=none
 python jobs/zoomdiff_tables.py table1 --steps 1000 $M --tag _mobilebj_hist --models ZoomDiff --samples 4 --zd-set diffusion.profile_prior=historical
@@ -56,3 +56,7 @@ python jobs/zoomdiff_tables.py table1 --steps 1000 $M --tag _mobilebj_hist --mod
 python jobs/zoomdiff_tables.py table1 --steps 1000 $M --tag _mobilebj_hist_sps20 --models ZoomDiff --samples 4 --steps-per-stage 20 --zd-set diffusion.profile_prior=historical
 python jobs/zoomdiff_tables.py table1 --steps 3000 $M --tag _mobilebj_hist_3k --models ZoomDiff --samples 4 --zd-set diffusion.profile_prior=historical
 python jobs/zoomdiff_tables.py table4 --steps 1500 --tag _defaults_1500
+# 2026-12-07 (later session): refinement keeps the given BS traffic hour by hour (`refine --anchor hourly`, the
+# default since then; Table VI made before it scored the zero-shot row with daily anchoring, which this table shows
+# as the "anchored to daily BS totals only" row of the same samples)
+python jobs/zoomdiff_tables.py table6 --steps 1000 --samples 2 --tag _hourly

@@ -407,7 +407,10 @@ def table6(args) -> None:
     # S4T4 BS stage is at 1 day), which threw away the within-day shape of the given hourly BS traffic
     from zoomdiff_rescore import rebuild
 
-    rows["ZoomDiff (zero-shot), same samples anchored to daily BS totals only (refine --anchor stage)"] = score(store, rebuild(gen, ("bs",)), region)
+    from mobscale.model.export import load_export
+
+    lv = {"bs"} | set(args.reconcile_levels.split(",") if args.reconcile_levels else load_export(exp).config.sample.reconcile_levels)
+    rows["ZoomDiff (zero-shot), same samples anchored to daily BS totals only (refine --anchor stage)"] = score(store, rebuild(gen, tuple(lv)), region)
     exp2 = train(args, "table6", "zoomdiff_bs_grid50", "demo.yaml", store, ["diffusion.spatial=[bs,grid50]", "diffusion.temporal=[1h]"])
     gen2 = gen_path(args, "table6", "zoomdiff_refine_model")
     sample(args, exp2, store, gen2, refine_level="bs")

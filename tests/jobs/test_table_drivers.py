@@ -140,6 +140,23 @@ def test_table4_rgp_filter_trains_only_the_chosen_settings(tmp_path):
     assert sorted(p.name for p in (work / "table4" / "runs").iterdir()) == ["Coarse_Gr.", "Fine_Gr.", "context_profile_mean"]
 
 
+def test_table6_driver_refines_hour_by_hour_and_scores_the_daily_anchor_too(tmp_path):
+    """Refinement keeps the given hourly BS traffic (BS MAE 0 up to float error); the same samples anchored to the
+    model's daily BS stage only (rebuilt from the stored stages) lose the within-day shape (BS MAE > 0); the
+    population split is exact at BS by construction."""
+    out, work = tmp_path / "results", tmp_path / "work"
+    _run(["jobs/zoomdiff_tables.py", "table6", *TINY, "--samples", "2", "--out", str(out), "--work", str(work)], tmp_path)
+    rows = json.loads((out / "zoomdiff_table6.json").read_text())
+    hourly, daily = "ZoomDiff (zero-shot, from the S4T4 model)", "ZoomDiff (zero-shot), same samples anchored to daily BS totals only (refine --anchor stage)"
+    assert {hourly, daily, "ZoomDiff (trained bs -> 50 m)", "population split of BS traffic", "uniform split of BS traffic"} <= set(rows)
+    zeros_bs = rows["uniform split of BS traffic"]["bs@1h"]["mae"] + rows[daily]["bs@1h"]["mae"]  # a scale for "0"
+    assert rows[hourly]["bs@1h"]["mae"] < 1e-4 * zeros_bs
+    assert rows["population split of BS traffic"]["bs@1h"]["mae"] < 1e-4 * zeros_bs
+    assert rows[daily]["bs@1h"]["mae"] > 1e-2 * rows["uniform split of BS traffic"]["cell@1h"]["mae"]
+    for lvl in ("cell@1h", "grid100@1h", "grid50@1h"):
+        assert math.isfinite(rows[hourly][lvl]["crps"]) and rows[hourly][lvl]["crps"] > 0
+
+
 def test_table7_driver_transfers_across_cities(tmp_path):
     """Table VII for ZoomDiff only (`--models`): trained on B, A -> B zero-shot and few-shot, scored on B's held-out
     district beside B's references; the few-shot run starts from A's weights and trains only the transfer subset."""
