@@ -191,3 +191,38 @@ def test_local_engine_trains_and_exports_a_dit_baseline(tiny_city, tmp_path):
     _tame(gen)  # 4 steps do not make a sampler-worthy network
     out = gen.generate(_windows_batch(tiny_city, [(0, 0, 0)]), [torch.Generator().manual_seed(0)], steps_per_stage=3)
     assert out.shape == (1, 1, 8, 8, 8) and torch.isfinite(out).all()
+
+
+def test_baseline_sampler_check_compares_samplers_with_the_real_windows(tiny_city, tmp_path):
+    """jobs/baseline_sampler_check.py on a briefly trained DiT: every sampler that finishes is scored against the
+    real traffic of the same windows, read here straight from the store."""
+    import importlib.util
+    import math
+    from pathlib import Path
+
+    import numpy as np
+
+    from mobscale.data.store import open_city
+    from mobscale.train.loop import train_local
+
+    export = train_local(run_cfg(tiny_city, TINY_DIT, split_by="band", hours=8), tmp_path / "run")
+    path = Path(__file__).resolve().parents[2] / "jobs" / "baseline_sampler_check.py"
+    spec = importlib.util.spec_from_file_location("baseline_sampler_check", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.check(str(export), str(tiny_city), n=3, seed=1)
+    assert "configured" in res  # the clamped sampler cannot overflow
+    from mobscale.data.windows import CityArrays
+
+    g50 = open_city(tiny_city).traffic_grid50
+
+    arr = CityArrays(tiny_city, require_traffic=True)
+    wins = mod.windows(arr, 8, 8, 3, 1)
+    f = 60 // int(open_city(tiny_city).attrs.get("time_step_minutes", 60))
+    raw = g50.values.astype(np.float64)
+    raw = raw[: raw.shape[0] // f * f].reshape(-1, f, *raw.shape[1:]).sum(1)  # native steps -> hours
+    real = np.stack([raw[w.t0 : w.t0 + 8, w.y0 : w.y0 + 8, w.x0 : w.x0 + 8] for w in wins])
+    for name, d in res.items():
+        assert math.isclose(d["zeros_mae"], real.mean(), rel_tol=1e-5), name
+        assert 0.0 <= d["above_real_q999"] <= 1.0 and math.isfinite(d["mean_ratio"]) and d["mean_ratio"] >= 0
+        assert d["mae"] >= 0 and math.isclose(d["median_real"], float(np.median(real)), rel_tol=1e-5)
