@@ -402,3 +402,26 @@ def test_nested_stages_agree_with_one_another(reference, tiny_export, tmp_path):
     print("stage vs the finest output's sums, rel. L1, plain / nested:", before, after)
     for lvl in before:
         assert after[lvl] < 0.5 * before[lvl]
+
+
+def test_refine_anchor_levels_and_given_hourly_totals(tiny_export):
+    """Which levels anchor a refinement, and the given totals read for them (grid100 included, in unit-map order)."""
+    from mobscale.sample.city import anchor_levels, given_hourly
+
+    exp, ctx = tiny_export
+    s4 = [("bs", "1d"), ("cell", "4h"), ("grid100", "2h"), ("grid50", "1h")]
+    spec = lambda **kw: SampleSpec(export=str(exp), context=str(ctx), out="unused", **kw)  # noqa: E731
+    assert anchor_levels(spec(refine_level="bs"), s4) == ["bs"]
+    assert anchor_levels(spec(refine_level="bs", reconcile_levels=("bs", "cell")), s4) == ["bs", "cell"]
+    # refining from cells: the BS stage is fixed by the given cells, so it is no anchor (it was one before)
+    assert anchor_levels(spec(refine_level="cell"), s4) == ["cell"]
+    assert anchor_levels(spec(refine_level="cell", refine_anchor="stage"), s4) == ["bs", "cell"]
+    # grid100 is not on the network tree: an anchor only as given data
+    assert anchor_levels(spec(refine_level="grid100"), s4) == ["grid100"]
+    assert anchor_levels(spec(refine_level="grid100", refine_anchor="stage"), s4) == ["bs"]
+    assert anchor_levels(spec(), s4) == ["bs"]
+    ds = open_city(ctx)
+    g50 = pyramid.level(ds, "grid50", "1h").values.astype(np.float64)
+    for lvl in ("bs", "cell", "grid100"):
+        um, n = pyramid.unit_map(ds, lvl)
+        np.testing.assert_allclose(given_hourly(ctx, lvl), pyramid.units_sum(g50, um, n), rtol=1e-4, atol=1e-3)
