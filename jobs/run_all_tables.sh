@@ -60,3 +60,5 @@ python jobs/zoomdiff_tables.py table4 --steps 1500 --tag _defaults_1500
 # default since then; Table VI made before it scored the zero-shot row with daily anchoring, which this table shows
 # as the "anchored to daily BS totals only" row of the same samples)
 python jobs/zoomdiff_tables.py table6 --steps 1000 --samples 2 --tag _hourly
+# DiT-style trained as long as the 3000-step ZoomDiff (its 600-1000-step samples are unusable)
+python jobs/zoomdiff_tables.py table1 --steps 3000 --models DiT-style --tag _dit3k
