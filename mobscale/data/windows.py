@@ -144,6 +144,10 @@ class CityArrays:
             self._tables[lvl] = self._hourly(np.asarray(self.ds[var].values)) if var in self.ds else None
         return self._tables[lvl]
 
+    def level_table(self, lvl: str) -> np.ndarray | None:
+        """Hourly unit totals of ``traffic_<lvl>`` as stored ((T, n_bs), (T, n_cell), (T, y100, x100)), or None."""
+        return self._table(lvl)
+
     @property
     def cell(self) -> np.ndarray | None:
         return self._table("cell")

@@ -400,7 +400,7 @@ def given_hourly(context: str | Path, level: str) -> np.ndarray:
     from mobscale.data.windows import CityArrays
 
     arr = CityArrays(context, cache_bytes=0, require_traffic=False)
-    t = arr._table(level)
+    t = arr.level_table(level)
     if t is None:
         raise StoreError(f"{context}: has no traffic_{level} to refine from")
     return t.reshape(t.shape[0], -1).astype(np.float64)
