@@ -407,10 +407,9 @@ def table6(args) -> None:
     # S4T4 BS stage is at 1 day), which threw away the within-day shape of the given hourly BS traffic
     from zoomdiff_rescore import rebuild
 
-    from mobscale.model.export import load_export
-
-    lv = {"bs"} | set(args.reconcile_levels.split(",") if args.reconcile_levels else load_export(exp).config.sample.reconcile_levels)
-    rows["ZoomDiff (zero-shot), same samples anchored to daily BS totals only (refine --anchor stage)"] = score(store, rebuild(gen, tuple(lv)), region)
+    written = json.loads(open_city(gen).attrs["config"])["sample"]  # the spec the samples were written with
+    lv = ("bs", *written["reconcile_levels"])  # --anchor stage's anchors: the BS stage plus the reconcile levels
+    rows["ZoomDiff (zero-shot), same samples anchored to daily BS totals only (refine --anchor stage)"] = score(store, rebuild(gen, lv), region)
     if not args.no_refiner:
         exp2 = train(args, "table6", "zoomdiff_bs_grid50", "demo.yaml", store, ["diffusion.spatial=[bs,grid50]", "diffusion.temporal=[1h]"])
         gen2 = gen_path(args, "table6", "zoomdiff_refine_model")
