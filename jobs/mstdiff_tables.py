@@ -135,6 +135,10 @@ def _sets(d: dict) -> list[str]:
 
 #: variants that change only how samples are drawn: they reuse this variant's trained model
 SAMPLING_ONLY = {"sampled_last": "full", "no_x0_cap": "full", "temp1": "full", "temp05": "full"}
+#: the variants that make sense without traffic (GeoLife has trajectories only): the trajectory-only model and the
+#: trajectory branch's ablations / options on top of it
+GEOLIFE_VARIANTS = ("traj_only", "ref_posterior", "ref_input", "no_ce", "sampled_last", "public_code", "copy_gate",
+                    "likelihood", "step_layers", "temp1", "temp05")
 
 
 def run_variant(config: Path, sets: list[str], name: str, over: dict, runs: Path):
@@ -327,8 +331,8 @@ def geolife_store(src: Path, out: Path, rows: int, seed: int) -> Path:
 
 
 def geolife_tables(args, out: Path) -> dict:
-    """Trajectory-only MSTDiff (exact / reference posterior) vs Markov and EPR on GeoLife user-days; the task's
-    random user split (half of the rows) is the test set."""
+    """Trajectory-only MSTDiff and its trajectory ablations (``--geolife-variants``) vs Markov and EPR on GeoLife
+    user-days; the task's random user split (half of the rows) is the test set."""
     store = geolife_store(args.geolife, out, args.geolife_rows, args.seed)
     coords = _latlon(store)
     sets = list(args.set) + [f"data.store={store}", "model.use_traffic=false", "model.users.seq_len=48", "model.users.test_fraction=0.5"]
@@ -337,12 +341,16 @@ def geolife_tables(args, out: Path) -> dict:
     runs.mkdir(parents=True, exist_ok=True)
     res: dict = {"clean": {}, "movesim": {}, "timing_s": {}, "settings": {"rows": 2 * args.geolife_rows, "locations": int(coords.shape[0])}}
     for name in args.geolife_variants:
-        export, cfg, dt = run_variant(args.config, sets, name, {"diffusion.posterior": "reference"} if name == "ref_posterior" else {}, runs)
+        if name in SAMPLING_ONLY:  # sampling-time settings reuse the trajectory-only run (GeoLife's "full")
+            export, _, dt = run_variant(args.config, sets, "traj_only", {}, runs)
+            cfg = load(args.config, sets + _sets(VARIANTS[name]))
+        else:
+            export, cfg, dt = run_variant(args.config, sets, name, VARIANTS[name], runs)
         prep = torch.load(export.parent / DATA_FILE, weights_only=True)
         real_test = prep["trajectory_test"].numpy()
         train_rows = prep["vocab"].numpy()[prep["l_train"].numpy()]
         t0 = time.perf_counter()
-        gen = sample_users(export, real_test.shape[0], seed=args.seed, progress=False,
+        gen = sample_users(export, real_test.shape[0], seed=args.seed, progress=False, last_step=cfg.diffusion.trajectory_last_step,
                            temperature=cfg.diffusion.trajectory_temperature)["trajectory"].values
         res["timing_s"][name] = {"train": round(dt, 1), "sample": round(time.perf_counter() - t0, 1)}
         for mode in ("clean", "movesim"):
@@ -374,15 +382,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-geolife", action="store_true")
     ap.add_argument("--geolife-rows", type=int, default=400)
     ap.add_argument("--geolife-variants", default="traj_only,ref_posterior",
-                    help="MSTDiff rows of the GeoLife table (trajectory only, with the exact / reference posterior)")
+                    help="MSTDiff rows of the GeoLife table: trajectory only (traj_only) and the trajectory ablations on top "
+                         f"of it, a subset of {','.join(GEOLIFE_VARIANTS)}")
     args = ap.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in args.variants if v not in known]
     if unknown:
         ap.error(f"unknown variants {unknown} (known: {', '.join(known)})")
     args.geolife_variants = [v.strip() for v in args.geolife_variants.split(",") if v.strip()]
-    if not args.geolife_variants or set(args.geolife_variants) - {"traj_only", "ref_posterior"}:
-        ap.error(f"--geolife-variants: a subset of traj_only,ref_posterior, got {args.geolife_variants}")
+    if not args.geolife_variants or set(args.geolife_variants) - set(GEOLIFE_VARIANTS):
+        ap.error(f"--geolife-variants: a subset of {','.join(GEOLIFE_VARIANTS)}, got {args.geolife_variants}")
     setup_logging()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -221,6 +221,56 @@ def test_table_markdown_bolds_the_best_of_each_column():
     assert "| c | 4 | 11 | 2.5 |" in md
 
 
+def _fake_movesim_geolife(folder: Path, rows: int = 16, seed: int = 0) -> Path:
+    """A MoveSim-format GeoLife folder (real.data, test.data, gps): 20 locations 500 m apart in Beijing, user-days
+    of 48 slots that stay at home, move to one or two other places and come back."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    gps = [(39.90 + 0.0045 * (i // 5), 116.30 + 0.006 * (i % 5)) for i in range(20)]
+    (folder / "gps").write_text("".join(f"{a} {b}\n" for a, b in gps))
+    for name in ("real.data", "test.data"):
+        lines = []
+        for _ in range(rows):
+            home, away = rng.choice(20, size=2, replace=False)
+            day = np.full(48, home)
+            a, b = sorted(rng.choice(np.arange(10, 40), size=2, replace=False))
+            day[a:b] = away
+            day[b] = (away + 1) % 20  # a one-slot transit on the way home
+            lines.append(" ".join(map(str, day)))
+        (folder / name).write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_mstdiff_table_driver_runs_trajectory_ablations_on_geolife(tmp_path):
+    geo = _fake_movesim_geolife(tmp_path / "geolife")
+    out = tmp_path / "mst"
+    _run(["jobs/mstdiff_tables.py", "--out", str(out), "--steps", "2", "--variants", "full", "--geolife", str(geo),
+          "--geolife-rows", "12", "--geolife-variants", "traj_only,no_ce,sampled_last",
+          "--set", "data.synth.users=40", "--set", "data.synth.height=24", "--set", "data.synth.width=24",
+          "--set", "model.vq_pretrain_steps=2", "--set", "model.kg_epochs=1"], tmp_path)
+    res = json.loads((out / "tables.json").read_text())["geolife"]
+    assert res["settings"] == {"rows": 24, "locations": 20}
+    for mode in ("clean", "movesim"):
+        assert set(res[mode]) == {"traj_only", "no_ce", "sampled_last", "markov", "epr", "train_users"}, res[mode].keys()
+        assert all(math.isfinite(v) and v >= 0 for r in res[mode].values() for v in r.values())
+    runs = out / "geolife_runs"
+    # no_ce trains its own model with the CE weight off; sampled_last is a sampling setting on the trajectory-only run
+    assert (runs / "traj_only" / "export" / "model.pt").exists() and (runs / "no_ce" / "export" / "model.pt").exists()
+    assert not (runs / "sampled_last").exists() and not (runs / "full").exists()
+    import yaml
+
+    cfgs = {v: yaml.safe_load((runs / v / "config.yaml").read_text()) for v in ("traj_only", "no_ce")}
+    assert cfgs["no_ce"]["model"]["lambda_ce"] == 0.0 and cfgs["traj_only"]["model"]["lambda_ce"] > 0
+    assert cfgs["traj_only"]["model"]["use_traffic"] is False
+    assert res["clean"]["sampled_last"] != res["clean"]["traj_only"]  # the last-step setting reaches the sampler
+    assert "+ no CE term" in (out / "tables.md").read_text()
+    # a traffic ablation has no meaning without traffic: refused before anything runs
+    r = subprocess.run([sys.executable, "jobs/mstdiff_tables.py", "--out", str(tmp_path / "bad"), "--geolife-variants", "traj_only,wo_traj"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--geolife-variants: a subset of traj_only," in r.stderr
+    assert not (tmp_path / "bad").exists()
+
+
 def test_mstdiff_table_driver(tmp_path):
     out = tmp_path / "mst"
     _run(["jobs/mstdiff_tables.py", "--out", str(out), "--steps", "2", "--variants", "full,sampled_last,no_x0_cap,temp05", "--no-geolife",
