@@ -339,7 +339,8 @@ def geolife_tables(args, out: Path) -> dict:
     sets += [f"train.steps={args.steps}"] if args.steps else []
     runs = out / "geolife_runs"
     runs.mkdir(parents=True, exist_ok=True)
-    res: dict = {"clean": {}, "movesim": {}, "timing_s": {}, "settings": {"rows": 2 * args.geolife_rows, "locations": int(coords.shape[0])}}
+    res: dict = {"clean": {}, "movesim": {}, "timing_s": {},
+                 "settings": {"rows": 2 * args.geolife_rows, "locations": int(coords.shape[0]), "steps": load(args.config, sets).train.steps}}
     for name in args.geolife_variants:
         if name in SAMPLING_ONLY:  # sampling-time settings reuse the trajectory-only run (GeoLife's "full")
             export, _, dt = run_variant(args.config, sets, "traj_only", {}, runs)
@@ -380,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--geolife", type=Path, default=GEOLIFE)
     ap.add_argument("--no-geolife", action="store_true")
+    ap.add_argument("--no-synthetic", action="store_true", help="the GeoLife table only (--variants is then ignored)")
     ap.add_argument("--geolife-rows", type=int, default=400)
     ap.add_argument("--geolife-variants", default="traj_only,ref_posterior",
                     help="MSTDiff rows of the GeoLife table: trajectory only (traj_only) and the trajectory ablations on top "
@@ -392,25 +394,35 @@ def main(argv: list[str] | None = None) -> int:
     args.geolife_variants = [v.strip() for v in args.geolife_variants.split(",") if v.strip()]
     if not args.geolife_variants or set(args.geolife_variants) - set(GEOLIFE_VARIANTS):
         ap.error(f"--geolife-variants: a subset of {','.join(GEOLIFE_VARIANTS)}, got {args.geolife_variants}")
+    if args.no_synthetic and args.no_geolife:
+        ap.error("--no-synthetic with --no-geolife leaves no table to make")
+    if args.no_synthetic and not (args.geolife / "real.data").exists():
+        ap.error(f"--no-synthetic: no GeoLife data at {args.geolife} (expected real.data, test.data and gps in MoveSim's format)")
     setup_logging()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    res = {"synthetic": synthetic_tables(args, args.out)}
+    res = {} if args.no_synthetic else {"synthetic": synthetic_tables(args, args.out)}
     if not args.no_geolife and (args.geolife / "real.data").exists():
         res["geolife"] = geolife_tables(args, args.out)
     elif not args.no_geolife:
         log.warning("%s not found: skipping the real-trajectory table", args.geolife)
     res["wall_s"] = round(time.perf_counter() - t0, 1)
-    st = res["synthetic"]["settings"]
-    csdi = (f" CSDI-style row: {st['csdi_config']}, {st['csdi_steps']} training steps, same held-out users."
-            if st.get("csdi_steps") is not None else "")
-    md = ["# MSTDiff tables on mobscale data", "",
-          f"Config {args.config}{' with --set ' + ', '.join(args.set) if args.set else ''}, {st['steps']} training steps per variant, seed {args.seed}, {args.oversample} generated "
-          f"user(s) per held-out user on the synthetic city.{csdi} "
-          "JSD = Jensen-Shannon divergence in nats on bins shared by real and generated data; lower is better.", "",
-          markdown("Table I: traffic (synthetic city, held-out users)", res["synthetic"]["traffic"], USER_TRAFFIC_METRICS),
-          markdown("Table II: trajectories (synthetic city, held-out users, clean mode)", res["synthetic"]["trajectories"], TRAJECTORY_METRICS)]
+    overrides = f"{' with --set ' + ', '.join(args.set) if args.set else ''}"
+    md = ["# MSTDiff tables on mobscale data", ""]
+    if "synthetic" in res:
+        st = res["synthetic"]["settings"]
+        csdi = (f" CSDI-style row: {st['csdi_config']}, {st['csdi_steps']} training steps, same held-out users."
+                if st.get("csdi_steps") is not None else "")
+        md += [f"Config {args.config}{overrides}, {st['steps']} training steps per variant, seed {args.seed}, {args.oversample} generated "
+               f"user(s) per held-out user on the synthetic city.{csdi} "
+               "JSD = Jensen-Shannon divergence in nats on bins shared by real and generated data; lower is better.", "",
+               markdown("Table I: traffic (synthetic city, held-out users)", res["synthetic"]["traffic"], USER_TRAFFIC_METRICS),
+               markdown("Table II: trajectories (synthetic city, held-out users, clean mode)", res["synthetic"]["trajectories"], TRAJECTORY_METRICS)]
+    else:
+        md += [f"Config {args.config}{overrides}, {res['geolife']['settings']['steps']} training steps per variant, seed {args.seed}, "
+               "GeoLife only (--no-synthetic). JSD = Jensen-Shannon divergence in nats on bins shared by real and generated data; "
+               "lower is better.", ""]
     if "geolife" in res:
         g = res["geolife"]
         md.append(markdown(f"Table II on GeoLife ({g['settings']['rows']} user-days split in half, {g['settings']['locations']} locations, clean mode)", g["clean"], TRAJECTORY_METRICS))

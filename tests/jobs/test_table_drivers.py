@@ -249,7 +249,7 @@ def test_mstdiff_table_driver_runs_trajectory_ablations_on_geolife(tmp_path):
           "--set", "data.synth.users=40", "--set", "data.synth.height=24", "--set", "data.synth.width=24",
           "--set", "model.vq_pretrain_steps=2", "--set", "model.kg_epochs=1"], tmp_path)
     res = json.loads((out / "tables.json").read_text())["geolife"]
-    assert res["settings"] == {"rows": 24, "locations": 20}
+    assert res["settings"] == {"rows": 24, "locations": 20, "steps": 2}
     for mode in ("clean", "movesim"):
         assert set(res[mode]) == {"traj_only", "no_ce", "sampled_last", "markov", "epr", "train_users"}, res[mode].keys()
         assert all(math.isfinite(v) and v >= 0 for r in res[mode].values() for v in r.values())
@@ -264,10 +264,22 @@ def test_mstdiff_table_driver_runs_trajectory_ablations_on_geolife(tmp_path):
     assert cfgs["traj_only"]["model"]["use_traffic"] is False
     assert res["clean"]["sampled_last"] != res["clean"]["traj_only"]  # the last-step setting reaches the sampler
     assert "+ no CE term" in (out / "tables.md").read_text()
+    # the GeoLife table alone: no synthetic city, no synthetic runs
+    only = tmp_path / "only"
+    _run(["jobs/mstdiff_tables.py", "--out", str(only), "--steps", "2", "--no-synthetic", "--geolife", str(geo), "--geolife-rows", "12",
+          "--geolife-variants", "traj_only"], tmp_path)
+    res_only = json.loads((only / "tables.json").read_text())
+    assert "synthetic" not in res_only and set(res_only["geolife"]["clean"]) == {"traj_only", "markov", "epr", "train_users"}
+    assert not (only / "runs").exists() and not (only / "city.zarr").exists()
+    assert res_only["geolife"]["clean"]["markov"] == res["clean"]["markov"]  # same rows, same split, same baseline draw
+    assert "2 training steps per variant, seed 0, GeoLife only" in (only / "tables.md").read_text()
     # a traffic ablation has no meaning without traffic: refused before anything runs
     r = subprocess.run([sys.executable, "jobs/mstdiff_tables.py", "--out", str(tmp_path / "bad"), "--geolife-variants", "traj_only,wo_traj"],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--geolife-variants: a subset of traj_only," in r.stderr
+    r = subprocess.run([sys.executable, "jobs/mstdiff_tables.py", "--out", str(tmp_path / "bad"), "--no-synthetic", "--geolife", str(tmp_path / "nowhere")],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--no-synthetic: no GeoLife data at" in r.stderr
     assert not (tmp_path / "bad").exists()
 
 
