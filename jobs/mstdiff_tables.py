@@ -32,15 +32,23 @@ Real trajectories (``--geolife``, default ../shared/data/trajectories/movesim_ge
 discretised GeoLife user-days (48 half-hours), ``--geolife-rows`` rows of real.data and as many of test.data drawn
 with a fixed seed, written into a users-only city store (locations = the ids those rows visit, at their gps
 lat/lon; no KG, so neighbours are geographic) and split in half by the task's seeded user split; trajectory-only
-MSTDiff (exact and reference posterior) vs Markov and EPR, scored in clean and MoveSim modes. The state space
-is every visited location (thousands for a few hundred rows): each step costs O(B T N^2), so keep the rows modest
-on CPU.
+MSTDiff and the trajectory ablations named by ``--geolife-variants`` (default: exact and reference posterior) vs
+Markov and EPR, scored in clean and MoveSim modes. The state space is every visited location (thousands for a few
+hundred rows): each step costs O(B T N^2), so keep the rows modest on CPU. These rows keep GeoLife's trips across
+China (MoveSim's ids, no region filter).
+
+Real trajectories mapped onto base stations (``--traj-store STORE``, repeatable): a users-only store written by
+``mobscale data import movesim|foursquare`` (user-days inside one city region, each location mapped to its
+serving BS: a 500 m pseudo-BS grid or ``--bs-coords``); the same trajectory-only rows on ``--traj-store-rows``
+user-days of it (the first ones of the task's seeded shuffle, half held out). ``--no-synthetic`` skips the
+synthetic city (real-trajectory tables only).
 
 Usage::
 
     python jobs/mstdiff_tables.py --out OUT [--config configs/mstdiff-demo.yaml] [--steps 1500] [--set k=v ...]
            [--variants full,wo_traj,...,csdi] [--csdi-config configs/csdi-users-demo.yaml]
-           [--geolife PATH | --no-geolife] [--geolife-rows 400]
+           [--geolife PATH | --no-geolife] [--geolife-rows 400] [--geolife-variants traj_only,ref_posterior,no_ce,...]
+           [--traj-store STORE.zarr ...] [--traj-store-rows 800] [--no-synthetic]
 
 The tables in results/mstdiff_tables.md were made with ``OMP_NUM_THREADS=1 python jobs/mstdiff_tables.py --out OUT
 --oversample 4`` (otherwise every default: the synthetic demo city, 400 + 400 GeoLife rows; 58 min on 2 CPU cores
@@ -332,17 +340,23 @@ def geolife_store(src: Path, out: Path, rows: int, seed: int) -> Path:
 
 def geolife_tables(args, out: Path) -> dict:
     """Trajectory-only MSTDiff and its trajectory ablations (``--geolife-variants``) vs Markov and EPR on GeoLife
-    user-days; the task's random user split (half of the rows) is the test set."""
+    user-days (MoveSim's locations as the states); the task's random user split (half of the rows) is the test set."""
     store = geolife_store(args.geolife, out, args.geolife_rows, args.seed)
+    return trajectory_store_tables(args, store, out / "geolife_runs")
+
+
+def trajectory_store_tables(args, store: Path, runs: Path, max_users: int | None = None) -> dict:
+    """Trajectory-only MSTDiff and ``args.geolife_variants`` on a users-only store of user-days (48 half-hours)
+    vs Markov and EPR fitted on the same training rows; the task's user split (half of at most ``max_users``
+    rows) is the test set."""
     coords = _latlon(store)
     sets = list(args.set) + [f"data.store={store}", "model.use_traffic=false", "model.users.seq_len=48", "model.users.test_fraction=0.5"]
+    sets += [f"model.users.max_users={max_users}"] if max_users else []
     sets += [f"train.steps={args.steps}"] if args.steps else []
-    runs = out / "geolife_runs"
     runs.mkdir(parents=True, exist_ok=True)
-    res: dict = {"clean": {}, "movesim": {}, "timing_s": {},
-                 "settings": {"rows": 2 * args.geolife_rows, "locations": int(coords.shape[0]), "steps": load(args.config, sets).train.steps}}
+    res: dict = {"clean": {}, "movesim": {}, "timing_s": {}, "settings": {"locations": int(coords.shape[0]), "steps": load(args.config, sets).train.steps}}
     for name in args.geolife_variants:
-        if name in SAMPLING_ONLY:  # sampling-time settings reuse the trajectory-only run (GeoLife's "full")
+        if name in SAMPLING_ONLY:  # sampling-time settings reuse the trajectory-only run (the "full" model here)
             export, _, dt = run_variant(args.config, sets, "traj_only", {}, runs)
             cfg = load(args.config, sets + _sets(VARIANTS[name]))
         else:
@@ -357,6 +371,7 @@ def geolife_tables(args, out: Path) -> dict:
         for mode in ("clean", "movesim"):
             res[mode][name] = trajectory_metrics(real_test, gen, coords, mode)
     n = real_test.shape[0]
+    res["settings"].update(rows=int(n + train_rows.shape[0]), test_rows=int(n), visited_bs=int(prep["vocab"].numel()))
     base_gen = {
         "markov": MarkovChainMobility().fit(train_rows, coords.shape[0]).sample(n, 48, args.seed),
         "epr": EPRMobility().fit(train_rows, bs_coords_km(open_city(store))).sample(n, 48, args.seed),
@@ -381,7 +396,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--geolife", type=Path, default=GEOLIFE)
     ap.add_argument("--no-geolife", action="store_true")
-    ap.add_argument("--no-synthetic", action="store_true", help="the GeoLife table only (--variants is then ignored)")
+    ap.add_argument("--no-synthetic", action="store_true", help="no synthetic-city tables (--variants is then ignored)")
+    ap.add_argument("--traj-store", type=Path, action="append", default=[],
+                    help="a users-only store of imported user-days (mobscale data import movesim|foursquare: real "
+                         "trajectories mapped onto base stations): one more trajectory table, same rows as GeoLife's")
+    ap.add_argument("--traj-store-rows", type=int, default=800, help="user-days used from each --traj-store (half held out)")
     ap.add_argument("--geolife-rows", type=int, default=400)
     ap.add_argument("--geolife-variants", default="traj_only,ref_posterior",
                     help="MSTDiff rows of the GeoLife table: trajectory only (traj_only) and the trajectory ablations on top "
@@ -394,9 +413,12 @@ def main(argv: list[str] | None = None) -> int:
     args.geolife_variants = [v.strip() for v in args.geolife_variants.split(",") if v.strip()]
     if not args.geolife_variants or set(args.geolife_variants) - set(GEOLIFE_VARIANTS):
         ap.error(f"--geolife-variants: a subset of {','.join(GEOLIFE_VARIANTS)}, got {args.geolife_variants}")
-    if args.no_synthetic and args.no_geolife:
+    for st in args.traj_store:
+        if not is_store(st):
+            ap.error(f"--traj-store {st}: not a city store (import one with `mobscale data import movesim|foursquare ... --out STORE`)")
+    if args.no_synthetic and args.no_geolife and not args.traj_store:
         ap.error("--no-synthetic with --no-geolife leaves no table to make")
-    if args.no_synthetic and not (args.geolife / "real.data").exists():
+    if args.no_synthetic and not args.no_geolife and not args.traj_store and not (args.geolife / "real.data").exists():
         ap.error(f"--no-synthetic: no GeoLife data at {args.geolife} (expected real.data, test.data and gps in MoveSim's format)")
     setup_logging()
     torch.set_num_threads(1)
@@ -407,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
         res["geolife"] = geolife_tables(args, args.out)
     elif not args.no_geolife:
         log.warning("%s not found: skipping the real-trajectory table", args.geolife)
+    for st in args.traj_store:
+        res.setdefault("traj_stores", {})[str(st)] = trajectory_store_tables(args, st, args.out / "store_runs" / st.name.removesuffix(".zarr"),
+                                                                            max_users=args.traj_store_rows)
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     overrides = f"{' with --set ' + ', '.join(args.set) if args.set else ''}"
     md = ["# MSTDiff tables on mobscale data", ""]
@@ -420,13 +445,19 @@ def main(argv: list[str] | None = None) -> int:
                markdown("Table I: traffic (synthetic city, held-out users)", res["synthetic"]["traffic"], USER_TRAFFIC_METRICS),
                markdown("Table II: trajectories (synthetic city, held-out users, clean mode)", res["synthetic"]["trajectories"], TRAJECTORY_METRICS)]
     else:
-        md += [f"Config {args.config}{overrides}, {res['geolife']['settings']['steps']} training steps per variant, seed {args.seed}, "
-               "GeoLife only (--no-synthetic). JSD = Jensen-Shannon divergence in nats on bins shared by real and generated data; "
-               "lower is better.", ""]
+        first = res["geolife"] if "geolife" in res else next(iter(res["traj_stores"].values()))
+        md += [f"Config {args.config}{overrides}, {first['settings']['steps']} training steps per variant, seed {args.seed}, "
+               "real trajectories only (--no-synthetic). JSD = Jensen-Shannon divergence in nats on bins shared by real and generated "
+               "data; lower is better.", ""]
     if "geolife" in res:
         g = res["geolife"]
         md.append(markdown(f"Table II on GeoLife ({g['settings']['rows']} user-days split in half, {g['settings']['locations']} locations, clean mode)", g["clean"], TRAJECTORY_METRICS))
         md.append(markdown("Table II on GeoLife (MoveSim mode)", g["movesim"], TRAJECTORY_METRICS))
+    for st, g in res.get("traj_stores", {}).items():
+        stt = g["settings"]
+        md.append(markdown(f"Table II on {st} ({stt['rows']} user-days split in half, {stt['visited_bs']} base stations visited by the "
+                           f"training rows of {stt['locations']}, clean mode)", g["clean"], TRAJECTORY_METRICS))
+        md.append(markdown(f"Table II on {st} (MoveSim mode)", g["movesim"], TRAJECTORY_METRICS))
     md.append(f"Wall time {res['wall_s']} s. Per-variant timings in tables.json.\n")
     (args.out / "tables.md").write_text("\n".join(md))
     (args.out / "tables.json").write_text(json.dumps(res, indent=2, default=float))

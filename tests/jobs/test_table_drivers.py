@@ -222,11 +222,11 @@ def test_table_markdown_bolds_the_best_of_each_column():
 
 
 def _fake_movesim_geolife(folder: Path, rows: int = 16, seed: int = 0) -> Path:
-    """A MoveSim-format GeoLife folder (real.data, test.data, gps): 20 locations 500 m apart in Beijing, user-days
+    """A MoveSim-format GeoLife folder (real.data, test.data, gps): 20 locations ~220 m apart in Beijing, user-days
     of 48 slots that stay at home, move to one or two other places and come back."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True)
-    gps = [(39.90 + 0.0045 * (i // 5), 116.30 + 0.006 * (i % 5)) for i in range(20)]
+    gps = [(39.90 + 0.002 * (i // 5), 116.30 + 0.0025 * (i % 5)) for i in range(20)]
     (folder / "gps").write_text("".join(f"{a} {b}\n" for a, b in gps))
     for name in ("real.data", "test.data"):
         lines = []
@@ -249,7 +249,8 @@ def test_mstdiff_table_driver_runs_trajectory_ablations_on_geolife(tmp_path):
           "--set", "data.synth.users=40", "--set", "data.synth.height=24", "--set", "data.synth.width=24",
           "--set", "model.vq_pretrain_steps=2", "--set", "model.kg_epochs=1"], tmp_path)
     res = json.loads((out / "tables.json").read_text())["geolife"]
-    assert res["settings"] == {"rows": 24, "locations": 20, "steps": 2}
+    assert res["settings"] == {"rows": 24, "test_rows": 12, "locations": 20, "steps": 2, "visited_bs": res["settings"]["visited_bs"]}
+    assert 2 <= res["settings"]["visited_bs"] <= 20
     for mode in ("clean", "movesim"):
         assert set(res[mode]) == {"traj_only", "no_ce", "sampled_last", "markov", "epr", "train_users"}, res[mode].keys()
         assert all(math.isfinite(v) and v >= 0 for r in res[mode].values() for v in r.values())
@@ -264,15 +265,24 @@ def test_mstdiff_table_driver_runs_trajectory_ablations_on_geolife(tmp_path):
     assert cfgs["traj_only"]["model"]["use_traffic"] is False
     assert res["clean"]["sampled_last"] != res["clean"]["traj_only"]  # the last-step setting reaches the sampler
     assert "+ no CE term" in (out / "tables.md").read_text()
-    # the GeoLife table alone: no synthetic city, no synthetic runs
+    # real trajectories only: GeoLife as MoveSim's locations, and the same rows imported onto base stations (the
+    # importer's 500 m pseudo-BS) as a --traj-store; no synthetic city, no synthetic runs
+    _run(["-m", "mobscale.launch", "data", "import", "movesim", str(geo), "--out", str(tmp_path / "geo_bs.zarr")], tmp_path)
     only = tmp_path / "only"
     _run(["jobs/mstdiff_tables.py", "--out", str(only), "--steps", "2", "--no-synthetic", "--geolife", str(geo), "--geolife-rows", "12",
-          "--geolife-variants", "traj_only"], tmp_path)
+          "--geolife-variants", "traj_only", "--traj-store", str(tmp_path / "geo_bs.zarr"), "--traj-store-rows", "20"], tmp_path)
     res_only = json.loads((only / "tables.json").read_text())
     assert "synthetic" not in res_only and set(res_only["geolife"]["clean"]) == {"traj_only", "markov", "epr", "train_users"}
     assert not (only / "runs").exists() and not (only / "city.zarr").exists()
     assert res_only["geolife"]["clean"]["markov"] == res["clean"]["markov"]  # same rows, same split, same baseline draw
-    assert "2 training steps per variant, seed 0, GeoLife only" in (only / "tables.md").read_text()
+    imported = res_only["traj_stores"][str(tmp_path / "geo_bs.zarr")]
+    n_bs = open_city(tmp_path / "geo_bs.zarr").sizes["bs"]
+    assert imported["settings"]["rows"] == 20 and imported["settings"]["test_rows"] == 10 and imported["settings"]["locations"] == n_bs
+    assert n_bs < 20  # the 500 m grid merges some of the 20 source locations into one base station
+    assert set(imported["clean"]) == {"traj_only", "markov", "epr", "train_users"}
+    assert (only / "store_runs" / "geo_bs" / "traj_only" / "export" / "model.pt").exists()
+    md = (only / "tables.md").read_text()
+    assert "2 training steps per variant, seed 0, real trajectories only" in md and "Table II on " + str(tmp_path / "geo_bs.zarr") in md
     # a traffic ablation has no meaning without traffic: refused before anything runs
     r = subprocess.run([sys.executable, "jobs/mstdiff_tables.py", "--out", str(tmp_path / "bad"), "--geolife-variants", "traj_only,wo_traj"],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
